@@ -1,0 +1,137 @@
+//! Watches and triggers: policies are the primary objects; Node changes that matter (labels,
+//! providerID, readiness, deletion) trigger the policies that select or selected the node; a
+//! policy spec change triggers every policy (priorities and conflicts span policies).
+
+use crate::api::InstanceMetadataPolicy;
+use crate::context::Context;
+use crate::nodes;
+use crate::reconcile::{error_policy, reconcile};
+use crate::selection::PolicyInput;
+use futures::{Stream, StreamExt, future};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use kube::runtime::controller::{Config as ControllerRuntimeConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
+use kube::{Resource, ResourceExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The Node reflector: a stripped store and the stream of Nodes whose relevant parts changed
+/// (or that were deleted). The stream must be polled for the store to fill.
+pub fn node_reflector(client: kube::Client) -> (Store<Node>, impl Stream<Item = (Node, bool)> + Send + 'static) {
+    let (reader, writer) = reflector::store();
+    let api: Api<Node> = Api::all(client);
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(nodes::strip)
+        .reflect(writer)
+        .filter_map(move |event| {
+            let changed = match event {
+                Ok(watcher::Event::Apply(node)) | Ok(watcher::Event::InitApply(node)) => {
+                    let hash = nodes::relevance_hash(&node);
+                    let before = seen.insert(node.name_any(), hash);
+                    (before != Some(hash)).then_some((node, false))
+                }
+                Ok(watcher::Event::Delete(node)) => {
+                    seen.remove(&node.name_any());
+                    Some((node, true))
+                }
+                Ok(_) => None,
+                Err(err) => {
+                    tracing::warn!(error = %err, "node watch error");
+                    None
+                }
+            };
+            future::ready(changed)
+        });
+    (reader, stream)
+}
+
+/// The policies a changed node concerns: those selecting it now and those that selected it.
+fn policies_for_node(ctx: &Context, node: &Node) -> Vec<ObjectRef<InstanceMetadataPolicy>> {
+    let labels = node.labels();
+    let mut names: Vec<String> = ctx
+        .policy_store
+        .state()
+        .iter()
+        .filter(|p| PolicyInput::from_policy(p).is_ok_and(|p| p.selects(labels)))
+        .map(|p| p.name_any())
+        .collect();
+    names.extend(ctx.policies_that_selected(&node.name_any()));
+    names.sort();
+    names.dedup();
+    names.into_iter().map(|n| ObjectRef::new(&n)).collect()
+}
+
+/// Drops the cached observation of a deleted node's instance.
+fn forget_instance(ctx: &Arc<Context>, node: &Node) {
+    let provider_id = node.spec.as_ref().and_then(|s| s.provider_id.clone());
+    if let Ok(instance) = crate::provider_id::parse(provider_id.as_deref()) {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { ctx.cache.lock().await.forget(&instance.instance_id) });
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(ctx_builder: impl FnOnce(Store<Node>, Store<InstanceMetadataPolicy>) -> Arc<Context>, client: kube::Client, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let policies: Api<InstanceMetadataPolicy> = Api::all(client.clone());
+    let (policy_reader, policy_writer) = reflector::store();
+    let primary = watcher(policies.clone(), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(policy_writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation.combine(predicates::annotations), Default::default());
+
+    let (node_reader, node_changes) = node_reflector(client.clone());
+    let ctx = ctx_builder(node_reader, policy_reader.clone());
+
+    // A policy created, changed or deleted can change every other policy's outcome.
+    let mut generations: HashMap<String, i64> = HashMap::new();
+    let deleted_ctx = ctx.clone();
+    let policy_changes = watcher(policies, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .filter_map(move |event| {
+            let changed = match event {
+                Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
+                    let generation = p.meta().generation.unwrap_or_default();
+                    generations.insert(p.name_any(), generation) != Some(generation)
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    generations.remove(&p.name_any());
+                    deleted_ctx.forget_policy(&p.name_any());
+                    true
+                }
+                _ => false,
+            };
+            future::ready(changed.then_some(()))
+        });
+
+    let node_ctx = ctx.clone();
+    let node_triggers = node_changes.flat_map(move |(node, deleted)| {
+        if deleted {
+            forget_instance(&node_ctx, &node);
+        }
+        futures::stream::iter(policies_for_node(&node_ctx, &node))
+    });
+
+    let config = ControllerRuntimeConfig::default()
+        .concurrency(ctx.config.concurrency)
+        .debounce(Duration::from_millis(500));
+    Controller::for_stream(primary, policy_reader)
+        .with_config(config)
+        .reconcile_on(node_triggers)
+        .reconcile_all_on(policy_changes)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            match result {
+                Ok((obj, _)) => tracing::debug!(policy = %obj.name, "reconciled"),
+                Err(err) => tracing::debug!(error = %err, "reconcile not run"),
+            }
+            future::ready(())
+        })
+        .await;
+}

@@ -1,0 +1,371 @@
+//! The EC2 adaptor: batched DescribeInstances, full-option ModifyInstanceMetadataOptions, client-
+//! side rate limits, and the classification of EC2 errors into what the controller does next.
+
+use crate::api::{HttpTokens, MetadataOptions, Toggle};
+use crate::metrics::Metrics;
+use crate::options::{ApplyState, FullOptions, ObservedOptions};
+use crate::plan::{Failure, FailureKind, Observation};
+use crate::ratelimit::RateLimiter;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{
+    Filter, HttpTokensState, InstanceMetadataEndpointState, InstanceMetadataOptionsResponse,
+    InstanceMetadataOptionsState, InstanceMetadataProtocolState, InstanceMetadataTagsState,
+    InstanceStateName,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// At most this many values in one `instance-id` filter (EC2 rejects more than 200).
+pub const DESCRIBE_BATCH: usize = 200;
+/// Page size of DescribeInstances.
+const PAGE_SIZE: i32 = 1000;
+
+/// What the controller does with an EC2 error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ec2ErrorKind {
+    /// The instance does not exist (terminated): skip it.
+    NotFound,
+    /// `UnauthorizedOperation`: report, retry with backoff.
+    PermissionDenied,
+    /// The instance cannot take the option: report, do not retry the same request.
+    Unsupported,
+    /// Throttling, 5xx, timeouts, connection errors: retry with backoff.
+    Transient,
+    /// `DryRunOperation`: the call would have been allowed.
+    DryRunOk,
+    /// Anything else.
+    Other,
+}
+
+/// An EC2 call that did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{operation}: {code}: {message}")]
+pub struct Ec2Error {
+    /// The API operation.
+    pub operation: &'static str,
+    /// How it is handled.
+    pub kind: Ec2ErrorKind,
+    /// The AWS error code (or a short description of a transport failure).
+    pub code: String,
+    /// The AWS message.
+    pub message: String,
+}
+
+impl Ec2Error {
+    /// The failure as planning and status see it.
+    pub fn to_failure(&self) -> Failure {
+        let kind = match self.kind {
+            Ec2ErrorKind::PermissionDenied => FailureKind::PermissionDenied,
+            Ec2ErrorKind::Unsupported => FailureKind::Unsupported,
+            Ec2ErrorKind::Transient => FailureKind::Transient,
+            _ => FailureKind::Other,
+        };
+        Failure {
+            kind,
+            message: format!("{}: {}", self.code, self.message),
+        }
+    }
+}
+
+/// Classifies an AWS error code.
+pub fn classify(code: &str) -> Ec2ErrorKind {
+    match code {
+        "InvalidInstanceID.NotFound" | "InvalidInstanceID.Malformed" => Ec2ErrorKind::NotFound,
+        "UnauthorizedOperation" | "AuthFailure" | "AccessDenied" | "AccessDeniedException" => {
+            Ec2ErrorKind::PermissionDenied
+        }
+        "UnsupportedOperation" | "InvalidParameterValue" | "InvalidParameterCombination"
+        | "InvalidParameter" | "IncorrectInstanceState" => Ec2ErrorKind::Unsupported,
+        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "InternalError"
+        | "InternalFailure" | "ServiceUnavailable" | "Unavailable" | "RequestExpired" => {
+            Ec2ErrorKind::Transient
+        }
+        "DryRunOperation" => Ec2ErrorKind::DryRunOk,
+        _ => Ec2ErrorKind::Other,
+    }
+}
+
+fn from_sdk<E, R>(operation: &'static str, err: SdkError<E, R>) -> Ec2Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().unwrap_or("Unknown").to_string();
+            Ec2Error {
+                operation,
+                kind: classify(&code),
+                message: e.message().unwrap_or_default().to_string(),
+                code,
+            }
+        }
+        SdkError::TimeoutError(_) => transport(operation, "Timeout", &err),
+        SdkError::DispatchFailure(_) => transport(operation, "DispatchFailure", &err),
+        SdkError::ResponseError(_) => transport(operation, "ResponseError", &err),
+        _ => Ec2Error {
+            operation,
+            kind: Ec2ErrorKind::Other,
+            code: "ClientError".into(),
+            message: aws_smithy_types::error::display::DisplayErrorContext(&err).to_string(),
+        },
+    }
+}
+
+fn transport<E, R>(operation: &'static str, code: &str, err: &SdkError<E, R>) -> Ec2Error
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    Ec2Error {
+        operation,
+        kind: Ec2ErrorKind::Transient,
+        code: code.into(),
+        message: aws_smithy_types::error::display::DisplayErrorContext(err).to_string(),
+    }
+}
+
+/// What DescribeInstances says of one instance, beyond the options.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct InstanceFacts {
+    /// The metadata options.
+    pub options: ObservedOptions,
+    /// The instance's tag keys.
+    pub tag_keys: Vec<String>,
+}
+
+/// Converts EC2's metadata options.
+pub fn observed_from(response: Option<&InstanceMetadataOptionsResponse>) -> ObservedOptions {
+    let Some(r) = response else {
+        return ObservedOptions::default();
+    };
+    let toggle = |s: &str| match s {
+        "enabled" => Some(Toggle::Enabled),
+        "disabled" => Some(Toggle::Disabled),
+        _ => None,
+    };
+    ObservedOptions {
+        values: MetadataOptions {
+            http_tokens: r.http_tokens().and_then(|t| match t.as_str() {
+                "required" => Some(HttpTokens::Required),
+                "optional" => Some(HttpTokens::Optional),
+                _ => None,
+            }),
+            http_put_response_hop_limit: r.http_put_response_hop_limit(),
+            http_endpoint: r.http_endpoint().and_then(|v| toggle(v.as_str())),
+            http_protocol_ipv6: r.http_protocol_ipv6().and_then(|v| toggle(v.as_str())),
+            instance_metadata_tags: r.instance_metadata_tags().and_then(|v| toggle(v.as_str())),
+        },
+        state: match r.state() {
+            Some(InstanceMetadataOptionsState::Pending) => ApplyState::Pending,
+            _ => ApplyState::Applied,
+        },
+    }
+}
+
+/// The EC2 API, rate-limited and counted.
+#[derive(Clone, Debug)]
+pub struct Ec2 {
+    client: aws_sdk_ec2::Client,
+    describe_limit: Arc<RateLimiter>,
+    modify_limit: Arc<RateLimiter>,
+    metrics: Arc<Metrics>,
+}
+
+/// Client-side rate limits.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimits {
+    /// DescribeInstances calls per second.
+    pub describe_per_second: f64,
+    /// DescribeInstances burst.
+    pub describe_burst: u32,
+    /// ModifyInstanceMetadataOptions calls per second.
+    pub modify_per_second: f64,
+    /// ModifyInstanceMetadataOptions burst.
+    pub modify_burst: u32,
+}
+
+impl Ec2 {
+    /// Wraps an SDK client.
+    pub fn new(client: aws_sdk_ec2::Client, limits: RateLimits, metrics: Arc<Metrics>) -> Ec2 {
+        Ec2 {
+            client,
+            describe_limit: Arc::new(RateLimiter::new(limits.describe_burst, limits.describe_per_second)),
+            modify_limit: Arc::new(RateLimiter::new(limits.modify_burst, limits.modify_per_second)),
+            metrics,
+        }
+    }
+
+    /// Modify tokens available now (how many requests can go out without waiting).
+    pub async fn modify_tokens(&self) -> u32 {
+        self.modify_limit.available().await
+    }
+
+    fn record<T>(&self, operation: &str, result: &Result<T, Ec2Error>) {
+        match result {
+            Ok(_) => self.metrics.aws_call(operation, "ok"),
+            Err(e) => self.metrics.aws_call(operation, &e.code),
+        }
+    }
+
+    /// Reads the instances, at most [`DESCRIBE_BATCH`] IDs per `instance-id` filter, paginated:
+    /// ⌈N/200⌉ calls for N instances (plus one per extra page). Every requested ID gets an
+    /// observation: found, not found (absent or terminated), or the batch's error.
+    pub async fn describe(&self, instance_ids: &[String]) -> HashMap<String, (Observation, Vec<String>)> {
+        let mut out = HashMap::with_capacity(instance_ids.len());
+        let mut ids: Vec<String> = instance_ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        for chunk in ids.chunks(DESCRIBE_BATCH) {
+            match self.describe_chunk(chunk).await {
+                Ok(found) => {
+                    for id in chunk {
+                        let entry = match found.get(id) {
+                            Some(facts) => (Observation::Found(facts.options.clone()), facts.tag_keys.clone()),
+                            None => (Observation::NotFound, Vec::new()),
+                        };
+                        out.insert(id.clone(), entry);
+                    }
+                }
+                Err(err) => {
+                    let failure = err.to_failure();
+                    for id in chunk {
+                        out.insert(id.clone(), (Observation::Failed(failure.clone()), Vec::new()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn describe_chunk(&self, chunk: &[String]) -> Result<HashMap<String, InstanceFacts>, Ec2Error> {
+        let mut found = HashMap::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            self.describe_limit.acquire().await;
+            let filter = Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build();
+            let result = self
+                .client
+                .describe_instances()
+                .filters(filter)
+                .max_results(PAGE_SIZE)
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|e| from_sdk("DescribeInstances", e));
+            self.record("DescribeInstances", &result);
+            if matches!(&result, Err(e) if e.code == "RequestLimitExceeded") {
+                self.describe_limit.throttled().await;
+            }
+            let page = result?;
+            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+                let Some(id) = instance.instance_id() else { continue };
+                let gone = matches!(
+                    instance.state().and_then(|s| s.name()),
+                    Some(InstanceStateName::Terminated) | Some(InstanceStateName::ShuttingDown)
+                );
+                if gone {
+                    continue;
+                }
+                found.insert(
+                    id.to_string(),
+                    InstanceFacts {
+                        options: observed_from(instance.metadata_options()),
+                        tag_keys: instance.tags().iter().filter_map(|t| t.key().map(String::from)).collect(),
+                    },
+                );
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// Sends one complete request (all five options). `dry_run` asks EC2 whether the call would
+    /// be allowed: the answer is then always an error, `DryRunOk` when it would.
+    pub async fn modify(&self, instance_id: &str, options: &FullOptions, dry_run: bool) -> Result<ObservedOptions, Ec2Error> {
+        self.modify_limit.acquire().await;
+        let result = self
+            .client
+            .modify_instance_metadata_options()
+            .instance_id(instance_id)
+            .http_tokens(HttpTokensState::from(options.http_tokens.as_str()))
+            .http_put_response_hop_limit(options.hop_limit)
+            .http_endpoint(InstanceMetadataEndpointState::from(options.http_endpoint.as_str()))
+            .http_protocol_ipv6(InstanceMetadataProtocolState::from(options.http_protocol_ipv6.as_str()))
+            .instance_metadata_tags(InstanceMetadataTagsState::from(options.instance_metadata_tags.as_str()))
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| from_sdk("ModifyInstanceMetadataOptions", e));
+        self.record("ModifyInstanceMetadataOptions", &result);
+        if matches!(&result, Err(e) if e.code == "RequestLimitExceeded") {
+            self.modify_limit.throttled().await;
+        }
+        let output = result?;
+        if !dry_run {
+            self.metrics.modified();
+        }
+        let mut observed = observed_from(output.instance_metadata_options());
+        // A response without options still means EC2 took the request: treat it as pending
+        // so the next describe confirms it.
+        if output.instance_metadata_options().is_none() {
+            observed.values = options.to_options();
+            observed.state = ApplyState::Pending;
+        }
+        Ok(observed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes() {
+        let cases = [
+            ("InvalidInstanceID.NotFound", Ec2ErrorKind::NotFound),
+            ("UnauthorizedOperation", Ec2ErrorKind::PermissionDenied),
+            ("UnsupportedOperation", Ec2ErrorKind::Unsupported),
+            ("InvalidParameterValue", Ec2ErrorKind::Unsupported),
+            ("RequestLimitExceeded", Ec2ErrorKind::Transient),
+            ("InternalError", Ec2ErrorKind::Transient),
+            ("DryRunOperation", Ec2ErrorKind::DryRunOk),
+            ("SomethingNew", Ec2ErrorKind::Other),
+        ];
+        for (code, want) in cases {
+            assert_eq!(classify(code), want, "{code}");
+        }
+    }
+
+    #[test]
+    fn observed_options_from_ec2() {
+        let response = InstanceMetadataOptionsResponse::builder()
+            .state(InstanceMetadataOptionsState::Pending)
+            .http_tokens(HttpTokensState::Required)
+            .http_put_response_hop_limit(2)
+            .http_endpoint(InstanceMetadataEndpointState::Enabled)
+            .build();
+        let observed = observed_from(Some(&response));
+        assert_eq!(observed.state, ApplyState::Pending);
+        assert_eq!(observed.values.http_tokens, Some(HttpTokens::Required));
+        assert_eq!(observed.values.http_put_response_hop_limit, Some(2));
+        assert_eq!(observed.values.http_protocol_ipv6, None, "not reported stays unknown");
+    }
+
+    #[test]
+    fn failures_keep_code_and_kind() {
+        let e = Ec2Error {
+            operation: "ModifyInstanceMetadataOptions",
+            kind: Ec2ErrorKind::PermissionDenied,
+            code: "UnauthorizedOperation".into(),
+            message: "You are not authorized".into(),
+        };
+        let f = e.to_failure();
+        assert_eq!(f.kind, FailureKind::PermissionDenied);
+        assert_eq!(f.message, "UnauthorizedOperation: You are not authorized");
+    }
+}

@@ -1,0 +1,215 @@
+//! `imds-operator run`: clients, health and metrics servers, leader election, the controller.
+
+use crate::context::{Context, ControllerConfig};
+use crate::ec2::{Ec2, RateLimits};
+use crate::metrics::Metrics;
+use crate::server::{self, Health};
+use crate::telemetry::{self, LogFormat};
+use anyhow::Context as _;
+use kube::runtime::events::{Recorder, Reporter};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Flags of `imds-operator run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// How often every policy is re-checked against EC2 even when nothing changed in the
+    /// cluster; catches changes made outside it (console, CLI, launch templates).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "IMDS_OPERATOR_RESYNC_PERIOD")]
+    pub resync_period: Duration,
+    /// Policies reconciled at the same time.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: u16,
+    /// ModifyInstanceMetadataOptions calls per second (EC2's account-wide bucket refills 5/s).
+    #[arg(long, default_value_t = 2.0)]
+    pub modify_rate: f64,
+    /// ModifyInstanceMetadataOptions burst (EC2's account-wide bucket holds 100).
+    #[arg(long, default_value_t = 20)]
+    pub modify_burst: u32,
+    /// DescribeInstances calls per second (EC2's bucket for filtered calls refills 20/s).
+    #[arg(long, default_value_t = 5.0)]
+    pub describe_rate: f64,
+    /// DescribeInstances burst (EC2's bucket holds 100).
+    #[arg(long, default_value_t = 10)]
+    pub describe_burst: u32,
+    /// At most this many modify requests per reconcile of one policy; the rest follow in the
+    /// next reconcile, so status shows progress on large fleets.
+    #[arg(long, default_value_t = 50)]
+    pub max_modifies_per_reconcile: usize,
+    /// Address of the metrics endpoint (`/metrics`).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Address of the health endpoints (`/healthz`, `/readyz`).
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    pub health_addr: SocketAddr,
+    /// Log level (trace, debug, info, warn, error); `RUST_LOG` overrides it.
+    #[arg(long, default_value = "info", env = "IMDS_OPERATOR_LOG_LEVEL")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", env = "IMDS_OPERATOR_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Elect a leader through a coordination.k8s.io Lease, so that of several replicas exactly
+    /// one writes to EC2 and to status.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "imds-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (defaults to the pod's namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long a lease is valid without renewal; a standby takes over within this time.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// This replica's identity in the Lease and in Events (defaults to the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// Runs until SIGTERM/SIGINT, or until leadership is lost (then exits with an error so the pod
+/// restarts as a standby).
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(&args.log_level, args.log_format).map_err(|e| anyhow::anyhow!("logging: {e}"))?;
+    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    let version = client.apiserver_version().await.context("reaching the Kubernetes API server")?;
+    tracing::info!(server = %version.git_version, "connected to Kubernetes");
+
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let metrics = Arc::new(Metrics::new());
+    let limits = RateLimits {
+        describe_per_second: args.describe_rate,
+        describe_burst: args.describe_burst,
+        modify_per_second: args.modify_rate,
+        modify_burst: args.modify_burst,
+    };
+    let ec2 = Ec2::new(aws_sdk_ec2::Client::new(&aws), limits, metrics.clone());
+
+    let health = Arc::new(Health::default());
+    server::serve(args.health_addr, args.metrics_addr, health.clone(), metrics.clone())
+        .await
+        .context("binding the health and metrics ports")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        let _ = stop_tx.send(true);
+    });
+
+    let identity = args.identity.clone().unwrap_or_else(random_identity);
+    let lease = if args.leader_election {
+        let namespace = args.lease_namespace.clone().unwrap_or_else(|| "default".to_string());
+        let duration = args.lease_duration.as_secs().max(2);
+        let grace = (duration / 3).max(1);
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(namespace.clone())
+            .with_identity(identity.clone())
+            .with_duration(duration)
+            .with_grace(grace)
+            .build()
+            .await
+            .context("creating the lease manager")?;
+        let (leading, task) = manager.watch().await;
+        health.set_ready(true);
+        tracing::info!(lease = %args.lease_name, %namespace, %identity, "waiting for leadership");
+        let mut leading = leading;
+        let mut stop = stop_rx.clone();
+        loop {
+            if *leading.borrow() {
+                break;
+            }
+            tokio::select! {
+                changed = leading.changed() => changed.context("lease manager stopped")?,
+                _ = stop.changed() => {
+                    drop(leading);
+                    let _ = task.await;
+                    return Ok(());
+                }
+            }
+        }
+        tracing::info!(%identity, "became the leader");
+        metrics.set_leader(true);
+        Some((leading, task))
+    } else {
+        health.set_ready(true);
+        metrics.set_leader(true);
+        None
+    };
+
+    // Shut the controller down on a signal or when the lease is lost.
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let mut stop = stop_rx.clone();
+    let lease_state = lease.as_ref().map(|(leading, _)| leading.clone());
+    let shutdown = async move {
+        match lease_state {
+            Some(mut leading) => {
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    _ = async { while leading.changed().await.is_ok() { if !*leading.borrow() { break; } } } => {
+                        let _ = lost_tx.send(true);
+                    }
+                }
+            }
+            None => {
+                let _ = stop.changed().await;
+            }
+        }
+    };
+
+    let config = ControllerConfig {
+        resync_period: args.resync_period,
+        concurrency: args.concurrency,
+        max_modifies_per_reconcile: args.max_modifies_per_reconcile.max(1),
+    };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: crate::api::MANAGER.to_string(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let ctx_client = client.clone();
+    let build = move |nodes, policies| Arc::new(Context::new(ctx_client, ec2, metrics, recorder, nodes, policies, config));
+    tracing::info!(resync = ?args.resync_period, "controller starting");
+    crate::controller::run(build, client, shutdown).await;
+    tracing::info!("controller stopped; in-flight reconciles finished");
+
+    let lost = *lost_rx.borrow_and_update();
+    if let Some((leading, task)) = lease {
+        drop(leading);
+        let _ = task.await; // releases the lease
+    }
+    if lost {
+        anyhow::bail!("lost the leader lease; exiting so that this replica restarts as a standby");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn random_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "imds-operator".to_string());
+    format!("{host}-{}", std::process::id())
+}

@@ -1,0 +1,332 @@
+//! From node plans (after applying) to the policy's status: counts, the bounded list of
+//! non-compliant nodes, and kstatus conditions. Pure.
+
+use crate::api::{InstanceMetadataPolicyStatus, NodeReport, PolicyMode, condition, reason};
+use crate::plan::{FailureKind, NodePlan, NodeState};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// How many non-compliant nodes the status lists.
+pub const MAX_LISTED_NODES: usize = 20;
+
+/// Facts about this reconcile that the node plans do not carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Modify requests sent (and accepted) in this reconcile.
+    pub modified: usize,
+    /// Drifted nodes whose request waits for the rate limit or the next reconcile.
+    pub deferred: usize,
+}
+
+/// Builds the status of a policy.
+pub fn summarize(
+    mode: PolicyMode,
+    generation: i64,
+    plans: &[NodePlan],
+    progress: &Progress,
+    previous: &[Condition],
+    now: Time,
+) -> InstanceMetadataPolicyStatus {
+    let count = |state: NodeState| plans.iter().filter(|p| p.state == state).count() as i32;
+    let mut status = InstanceMetadataPolicyStatus {
+        observed_generation: Some(generation),
+        matched_nodes: plans.len() as i32,
+        compliant_nodes: count(NodeState::Compliant),
+        drifted_nodes: count(NodeState::Drifted),
+        pending_nodes: count(NodeState::Pending),
+        skipped_nodes: count(NodeState::Skipped),
+        failed_nodes: count(NodeState::Failed),
+        conflicted_nodes: count(NodeState::Conflict),
+        non_compliant_nodes: Vec::new(),
+        last_sync_time: Some(now.clone()),
+        conditions: Vec::new(),
+    };
+
+    let mut listed: Vec<&NodePlan> = plans.iter().filter(|p| p.state != NodeState::Compliant).collect();
+    listed.sort_by(|a, b| (a.state, &a.node).cmp(&(b.state, &b.node)));
+    status.non_compliant_nodes = listed
+        .into_iter()
+        .take(MAX_LISTED_NODES)
+        .map(|p| NodeReport {
+            node: p.node.clone(),
+            instance_id: p.instance_id.clone(),
+            reason: p.reason.clone(),
+            drift: p.drift.clone(),
+            message: p.message.clone(),
+        })
+        .collect();
+
+    let wanted = conditions(mode, &status, plans, progress);
+    status.conditions = wanted
+        .into_iter()
+        .map(|(type_, is_true, reason, message)| {
+            condition_with_history(previous, type_, is_true, reason, message, generation, &now)
+        })
+        .collect();
+    status
+}
+
+type WantedCondition = (&'static str, bool, &'static str, String);
+
+fn conditions(
+    mode: PolicyMode,
+    s: &InstanceMetadataPolicyStatus,
+    plans: &[NodePlan],
+    progress: &Progress,
+) -> Vec<WantedCondition> {
+    let failed_with = |kind: FailureKind| plans.iter().filter(|p| p.failure == Some(kind)).count();
+    let permission = failed_with(FailureKind::PermissionDenied);
+    let unsupported = failed_with(FailureKind::Unsupported);
+    let transient = failed_with(FailureKind::Transient) + failed_with(FailureKind::Other);
+    let actionable = plans.iter().filter(|p| p.action.is_some()).count();
+    let audit_drift = mode == PolicyMode::Audit && s.drifted_nodes > 0;
+
+    let ready = if s.matched_nodes == 0 {
+        (true, reason::NO_NODES_SELECTED, "no node matches spec.nodeSelector".to_string())
+    } else if s.failed_nodes > 0 {
+        (false, reason::FAILED, format!("{} of {} nodes failed", s.failed_nodes, s.matched_nodes))
+    } else if s.conflicted_nodes > 0 {
+        (
+            false,
+            reason::CONFLICT,
+            format!("{} nodes have options that equal-priority policies disagree on", s.conflicted_nodes),
+        )
+    } else if s.drifted_nodes > 0 {
+        (false, reason::DRIFTED, format!("{} of {} nodes drifted", s.drifted_nodes, s.matched_nodes))
+    } else if s.pending_nodes > 0 {
+        (false, reason::PENDING, format!("{} nodes have changes pending", s.pending_nodes))
+    } else {
+        let mut message = format!("{} of {} nodes compliant", s.compliant_nodes, s.matched_nodes);
+        if s.skipped_nodes > 0 {
+            message.push_str(&format!(", {} skipped", s.skipped_nodes));
+        }
+        (true, reason::COMPLIANT, message)
+    };
+
+    let reconciling = if progress.modified > 0 || progress.deferred > 0 || actionable > 0 {
+        let n = progress.modified + progress.deferred.max(actionable);
+        (true, reason::APPLYING, format!("modifying {n} instances"))
+    } else if s.pending_nodes > 0 {
+        (true, reason::PENDING, format!("waiting for {} instances to apply", s.pending_nodes))
+    } else if transient > 0 {
+        (true, reason::RETRYING, format!("retrying {transient} instances after transient errors"))
+    } else {
+        (false, reason::IDLE, "no change in flight".to_string())
+    };
+
+    let stalled = if permission > 0 {
+        (true, reason::PERMISSION_DENIED, first_message(plans, FailureKind::PermissionDenied))
+    } else if unsupported > 0 {
+        (true, reason::UNSUPPORTED_OPTION, first_message(plans, FailureKind::Unsupported))
+    } else if s.conflicted_nodes > 0 {
+        let msg = plans
+            .iter()
+            .find(|p| p.state == NodeState::Conflict)
+            .and_then(|p| p.message.clone())
+            .unwrap_or_default();
+        (true, reason::CONFLICT, msg)
+    } else if audit_drift {
+        (
+            true,
+            reason::AUDIT_DRIFT,
+            format!("Audit mode: {} nodes drifted; switch to Enforce or fix them", s.drifted_nodes),
+        )
+    } else {
+        (false, reason::NO_BLOCKERS, "nothing needs a person".to_string())
+    };
+
+    vec![
+        (condition::READY, ready.0, ready.1, ready.2),
+        (condition::RECONCILING, reconciling.0, reconciling.1, reconciling.2),
+        (condition::STALLED, stalled.0, stalled.1, stalled.2),
+    ]
+}
+
+fn first_message(plans: &[NodePlan], kind: FailureKind) -> String {
+    let affected: Vec<&NodePlan> = plans.iter().filter(|p| p.failure == Some(kind)).collect();
+    let first = affected
+        .first()
+        .map(|p| format!("{}: {}", p.node, p.message.clone().unwrap_or_default()))
+        .unwrap_or_default();
+    format!("{} nodes; first: {first}", affected.len())
+}
+
+/// A condition whose `lastTransitionTime` moves only when its status flips.
+fn condition_with_history(
+    previous: &[Condition],
+    type_: &str,
+    is_true: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: &Time,
+) -> Condition {
+    let status = if is_true { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: Some(generation),
+        last_transition_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).expect("valid"))
+    }
+
+    fn plan(node: &str, state: NodeState) -> NodePlan {
+        NodePlan {
+            node: node.into(),
+            instance_id: Some(format!("i-{node}")),
+            state,
+            reason: format!("{state:?}"),
+            message: None,
+            drift: vec![],
+            action: None,
+            failure: None,
+        }
+    }
+
+    fn failed(node: &str, kind: FailureKind) -> NodePlan {
+        let mut p = plan(node, NodeState::Failed);
+        p.failure = Some(kind);
+        p.message = Some("boom".into());
+        p
+    }
+
+    fn cond<'a>(s: &'a InstanceMetadataPolicyStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).expect("condition present")
+    }
+
+    #[test]
+    fn conditions_table() {
+        use NodeState::*;
+        let mut drifted_with_action = plan("d", Drifted);
+        drifted_with_action.action = Some(crate::options::FullOptions::merge(&Default::default(), &Default::default()));
+        struct Case {
+            name: &'static str,
+            mode: PolicyMode,
+            plans: Vec<NodePlan>,
+            progress: Progress,
+            want: [(&'static str, &'static str); 3],
+        }
+        let none = Progress::default();
+        let cases = vec![
+            Case {
+                name: "all compliant",
+                mode: PolicyMode::Enforce,
+                plans: vec![plan("a", Compliant), plan("b", Skipped)],
+                progress: none.clone(),
+                want: [("True", "Compliant"), ("False", "Idle"), ("False", "NoBlockers")],
+            },
+            Case {
+                name: "no nodes",
+                mode: PolicyMode::Enforce,
+                plans: vec![],
+                progress: none.clone(),
+                want: [("True", "NoNodesSelected"), ("False", "Idle"), ("False", "NoBlockers")],
+            },
+            Case {
+                name: "pending after modify",
+                mode: PolicyMode::Enforce,
+                plans: vec![plan("a", Pending)],
+                progress: Progress { modified: 1, deferred: 0 },
+                want: [("False", "Pending"), ("True", "Applying"), ("False", "NoBlockers")],
+            },
+            Case {
+                name: "pending only",
+                mode: PolicyMode::Enforce,
+                plans: vec![plan("a", Pending), plan("b", Compliant)],
+                progress: none.clone(),
+                want: [("False", "Pending"), ("True", "Pending"), ("False", "NoBlockers")],
+            },
+            Case {
+                name: "drift waiting for rate limit",
+                mode: PolicyMode::Enforce,
+                plans: vec![drifted_with_action.clone()],
+                progress: Progress { modified: 0, deferred: 1 },
+                want: [("False", "Drifted"), ("True", "Applying"), ("False", "NoBlockers")],
+            },
+            Case {
+                name: "audit drift stalls",
+                mode: PolicyMode::Audit,
+                plans: vec![plan("a", Drifted)],
+                progress: none.clone(),
+                want: [("False", "Drifted"), ("False", "Idle"), ("True", "AuditModeDrift")],
+            },
+            Case {
+                name: "permission denied stalls",
+                mode: PolicyMode::Enforce,
+                plans: vec![failed("a", FailureKind::PermissionDenied), plan("b", Compliant)],
+                progress: none.clone(),
+                want: [("False", "Failed"), ("False", "Idle"), ("True", "PermissionDenied")],
+            },
+            Case {
+                name: "unsupported option stalls",
+                mode: PolicyMode::Enforce,
+                plans: vec![failed("a", FailureKind::Unsupported)],
+                progress: none.clone(),
+                want: [("False", "Failed"), ("False", "Idle"), ("True", "UnsupportedOption")],
+            },
+            Case {
+                name: "throttled is retried, not stalled",
+                mode: PolicyMode::Enforce,
+                plans: vec![failed("a", FailureKind::Transient)],
+                progress: none.clone(),
+                want: [("False", "Failed"), ("True", "Retrying"), ("False", "NoBlockers")],
+            },
+            Case {
+                name: "conflict stalls",
+                mode: PolicyMode::Enforce,
+                plans: vec![plan("a", Conflict)],
+                progress: none.clone(),
+                want: [("False", "Conflict"), ("False", "Idle"), ("True", "Conflict")],
+            },
+        ];
+        for c in cases {
+            let s = summarize(c.mode, 3, &c.plans, &c.progress, &[], at(100));
+            for (t, (status, reason)) in ["Ready", "Reconciling", "Stalled"].iter().zip(c.want) {
+                let got = cond(&s, t);
+                assert_eq!((got.status.as_str(), got.reason.as_str()), (status, reason), "{}: {t}", c.name);
+                assert_eq!(got.observed_generation, Some(3));
+            }
+            assert_eq!(s.observed_generation, Some(3));
+        }
+    }
+
+    #[test]
+    fn counts_and_bounded_list() {
+        let mut plans: Vec<NodePlan> = (0..30).map(|i| plan(&format!("n{i:02}"), NodeState::Drifted)).collect();
+        plans.push(failed("zz", FailureKind::Other));
+        plans.push(plan("ok", NodeState::Compliant));
+        let s = summarize(PolicyMode::Enforce, 1, &plans, &Progress::default(), &[], at(1));
+        assert_eq!(s.matched_nodes, 32);
+        assert_eq!(s.drifted_nodes, 30);
+        assert_eq!(s.failed_nodes, 1);
+        assert_eq!(s.compliant_nodes, 1);
+        assert_eq!(s.non_compliant_nodes.len(), MAX_LISTED_NODES);
+        assert_eq!(s.non_compliant_nodes[0].node, "zz", "failures first");
+        assert_eq!(s.non_compliant_nodes[1].node, "n00");
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_flip() {
+        let first = summarize(PolicyMode::Enforce, 1, &[plan("a", NodeState::Drifted)], &Progress::default(), &[], at(10));
+        let same = summarize(PolicyMode::Enforce, 2, &[plan("a", NodeState::Drifted)], &Progress::default(), &first.conditions, at(20));
+        assert_eq!(cond(&same, "Ready").last_transition_time, at(10));
+        let flipped = summarize(PolicyMode::Enforce, 2, &[plan("a", NodeState::Compliant)], &Progress::default(), &same.conditions, at(30));
+        assert_eq!(cond(&flipped, "Ready").last_transition_time, at(30));
+        assert_eq!(cond(&flipped, "Stalled").last_transition_time, at(10), "Stalled stayed False");
+    }
+}
