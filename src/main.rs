@@ -1,26 +1,9 @@
 //! `imds-operator`: keeps the EC2 instance metadata options of a cluster's nodes where its
 //! `InstanceMetadataPolicy` objects declare them.
 
-mod api;
-mod cache;
-mod context;
-mod controller;
-mod ec2;
-mod iam;
-mod metrics;
-mod nodes;
-mod options;
-mod plan;
-mod provider_id;
-mod ratelimit;
-mod reconcile;
-mod run;
-mod selection;
-mod server;
-mod status;
-mod telemetry;
 
 use clap::{Parser, Subcommand};
+use imds_operator::{api, iam, run};
 use std::process::ExitCode;
 
 /// Keeps the EC2 Instance Metadata Service (IMDS) options of a cluster's nodes where the

@@ -328,7 +328,7 @@ fn record_gauges(ctx: &Context, name: &str, s: &InstanceMetadataPolicyStatus) {
 /// otherwise at the resync period (which catches changes made outside the cluster).
 fn next_action(ctx: &Context, name: &str, plans: &[NodePlan], progress: &Progress) -> Action {
     let kinds: BTreeSet<FailureKind> = plans.iter().filter_map(|p| p.failure).collect();
-    let waiting = plans.iter().any(|p| p.state == NodeState::Pending) || progress.deferred > 0 || progress.modified > 0;
+    let waiting = plans.iter().any(|p| p.state == NodeState::Pending) || progress.deferred > 0;
     let mut delay = ctx.config.resync_period;
     let mut failing = HashSet::new();
     for kind in &kinds {

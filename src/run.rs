@@ -72,6 +72,7 @@ pub struct RunArgs {
 /// restarts as a standby).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(&args.log_level, args.log_format).map_err(|e| anyhow::anyhow!("logging: {e}"))?;
+    install_crypto_provider();
     let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
     let version = client.apiserver_version().await.context("reaching the Kubernetes API server")?;
     tracing::info!(server = %version.git_version, "connected to Kubernetes");
@@ -185,6 +186,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("lost the leader lease; exiting so that this replica restarts as a standby");
     }
     Ok(())
+}
+
+/// kube's client needs rustls' process-wide provider chosen, because both ring and aws-lc-rs
+/// are linked (the AWS SDK brings the latter). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 async fn wait_for_signal() {

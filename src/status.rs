@@ -102,9 +102,10 @@ fn conditions(
         (true, reason::COMPLIANT, message)
     };
 
-    let reconciling = if progress.modified > 0 || progress.deferred > 0 || actionable > 0 {
-        let n = progress.modified + progress.deferred.max(actionable);
-        (true, reason::APPLYING, format!("modifying {n} instances"))
+    // Judged after applying: a request EC2 answered `applied` is no longer work in flight.
+    let reconciling = if progress.deferred > 0 || actionable > 0 {
+        let n = progress.deferred.max(actionable);
+        (true, reason::APPLYING, format!("{n} instances still to modify"))
     } else if s.pending_nodes > 0 {
         (true, reason::PENDING, format!("waiting for {} instances to apply", s.pending_nodes))
     } else if transient > 0 {
@@ -242,7 +243,14 @@ mod tests {
                 mode: PolicyMode::Enforce,
                 plans: vec![plan("a", Pending)],
                 progress: Progress { modified: 1, deferred: 0 },
-                want: [("False", "Pending"), ("True", "Applying"), ("False", "NoBlockers")],
+                want: [("False", "Pending"), ("True", "Pending"), ("False", "NoBlockers")],
+            },
+            Case {
+                name: "modified and applied at once",
+                mode: PolicyMode::Enforce,
+                plans: vec![plan("a", Compliant)],
+                progress: Progress { modified: 1, deferred: 0 },
+                want: [("True", "Compliant"), ("False", "Idle"), ("False", "NoBlockers")],
             },
             Case {
                 name: "pending only",

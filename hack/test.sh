@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The project's one test command (README "Testing"): sets up what the tests need on a fresh
+# machine (control-plane binaries, moto virtualenv), then runs every tier:
+#   1. unit tests of the pure core, 2. EC2 adaptor integration tests (moto + a local EC2 double),
+#   3. end-to-end tests (the operator binary against etcd + kube-apiserver + moto), helm tests.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+start=$(date +%s)
+echo "==> building control-plane binaries (cached after the first run)"
+bin_dir=$(bash hack/build-control-plane.sh | tail -n 1)
+export IMDS_OPERATOR_BIN_DIR="$bin_dir"
+echo "==> setting up moto (cached after the first run)"
+moto_server=$(bash hack/setup-moto.sh | tail -n 1)
+export IMDS_OPERATOR_MOTO_SERVER="$moto_server"
+setup=$(date +%s)
+echo "==> setup took $((setup - start))s"
+
+echo "==> cargo build (operator binary used by the end-to-end tests)"
+cargo build --locked --bin imds-operator
+echo "==> cargo test (unit, integration, end-to-end)"
+cargo test --locked --no-fail-fast -- --test-threads="${IMDS_OPERATOR_TEST_THREADS:-2}"
+echo "==> tests took $(( $(date +%s) - setup ))s (setup $((setup - start))s)"

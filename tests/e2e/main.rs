@@ -1,0 +1,11 @@
+//! End-to-end tests (tier 3): the real operator binary against a real kube-apiserver + etcd and
+//! moto's EC2 server (or the local EC2 double where moto cannot model EC2). Each test has its
+//! own control plane and EC2 endpoint.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod env;
+mod invalid;
+mod moto_scenarios;
+
