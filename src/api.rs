@@ -43,11 +43,31 @@ const SELECTOR_VALUES: &str = "!has(self.nodeSelector.matchExpressions) || self.
     status = "InstanceMetadataPolicyStatus",
     doc = "Declares the EC2 instance metadata (IMDS) options that the instances of the selected nodes must have.",
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
-    printcolumn(name = "Matched", type_ = "integer", json_path = ".status.matchedNodes"),
-    printcolumn(name = "Compliant", type_ = "integer", json_path = ".status.compliantNodes"),
-    printcolumn(name = "Drifted", type_ = "integer", json_path = ".status.driftedNodes"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Matched",
+        type_ = "integer",
+        json_path = ".status.matchedNodes"
+    ),
+    printcolumn(
+        name = "Compliant",
+        type_ = "integer",
+        json_path = ".status.compliantNodes"
+    ),
+    printcolumn(
+        name = "Drifted",
+        type_ = "integer",
+        json_path = ".status.driftedNodes"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -104,7 +124,11 @@ pub struct MetadataOptions {
 
     /// `enabled` or `disabled`: whether the IPv6 endpoint of the metadata service is on (Nitro
     /// instances only).
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "httpProtocolIPv6")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "httpProtocolIPv6"
+    )]
     pub http_protocol_ipv6: Option<Toggle>,
 
     /// `enabled` or `disabled`: whether instance tags are readable from instance metadata. EC2
@@ -322,8 +346,14 @@ mod tests {
     fn crd_is_cluster_scoped_with_names_and_status() {
         let crd = crd_json();
         assert_eq!(crd["spec"]["scope"], "Cluster");
-        assert_eq!(crd["spec"]["names"]["shortNames"], serde_json::json!(["imp", "imdspolicy"]));
-        assert_eq!(crd["spec"]["names"]["categories"], serde_json::json!(["imds"]));
+        assert_eq!(
+            crd["spec"]["names"]["shortNames"],
+            serde_json::json!(["imp", "imdspolicy"])
+        );
+        assert_eq!(
+            crd["spec"]["names"]["categories"],
+            serde_json::json!(["imds"])
+        );
         assert!(crd["spec"]["versions"][0]["subresources"]["status"].is_object());
     }
 

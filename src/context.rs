@@ -83,7 +83,12 @@ impl Context {
     pub fn policies_that_selected(&self, node: &str) -> Vec<String> {
         self.membership
             .lock()
-            .map(|m| m.iter().filter(|(_, nodes)| nodes.contains(node)).map(|(p, _)| p.clone()).collect())
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, nodes)| nodes.contains(node))
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

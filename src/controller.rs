@@ -20,7 +20,12 @@ use std::time::Duration;
 
 /// The Node reflector: a stripped store and the stream of Nodes whose relevant parts changed
 /// (or that were deleted). The stream must be polled for the store to fill.
-pub fn node_reflector(client: kube::Client) -> (Store<Node>, impl Stream<Item = (Node, bool)> + Send + 'static) {
+pub fn node_reflector(
+    client: kube::Client,
+) -> (
+    Store<Node>,
+    impl Stream<Item = (Node, bool)> + Send + 'static,
+) {
     let (reader, writer) = reflector::store();
     let api: Api<Node> = Api::all(client);
     let mut seen: HashMap<String, u64> = HashMap::new();
@@ -76,14 +81,21 @@ fn forget_instance(ctx: &Arc<Context>, node: &Node) {
 }
 
 /// Runs the controller until `shutdown` resolves.
-pub async fn run(ctx_builder: impl FnOnce(Store<Node>, Store<InstanceMetadataPolicy>) -> Arc<Context>, client: kube::Client, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx_builder: impl FnOnce(Store<Node>, Store<InstanceMetadataPolicy>) -> Arc<Context>,
+    client: kube::Client,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let policies: Api<InstanceMetadataPolicy> = Api::all(client.clone());
     let (policy_reader, policy_writer) = reflector::store();
     let primary = watcher(policies.clone(), watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(policy_writer)
         .applied_objects()
-        .predicate_filter(predicates::generation.combine(predicates::annotations), Default::default());
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            Default::default(),
+        );
 
     let (node_reader, node_changes) = node_reflector(client.clone());
     let ctx = ctx_builder(node_reader, policy_reader.clone());

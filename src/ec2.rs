@@ -74,12 +74,19 @@ pub fn classify(code: &str) -> Ec2ErrorKind {
         "UnauthorizedOperation" | "AuthFailure" | "AccessDenied" | "AccessDeniedException" => {
             Ec2ErrorKind::PermissionDenied
         }
-        "UnsupportedOperation" | "InvalidParameterValue" | "InvalidParameterCombination"
-        | "InvalidParameter" | "IncorrectInstanceState" => Ec2ErrorKind::Unsupported,
-        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "InternalError"
-        | "InternalFailure" | "ServiceUnavailable" | "Unavailable" | "RequestExpired" => {
-            Ec2ErrorKind::Transient
-        }
+        "UnsupportedOperation"
+        | "InvalidParameterValue"
+        | "InvalidParameterCombination"
+        | "InvalidParameter"
+        | "IncorrectInstanceState" => Ec2ErrorKind::Unsupported,
+        "RequestLimitExceeded"
+        | "Throttling"
+        | "ThrottlingException"
+        | "InternalError"
+        | "InternalFailure"
+        | "ServiceUnavailable"
+        | "Unavailable"
+        | "RequestExpired" => Ec2ErrorKind::Transient,
         "DryRunOperation" => Ec2ErrorKind::DryRunOk,
         _ => Ec2ErrorKind::Other,
     }
@@ -191,8 +198,14 @@ impl Ec2 {
     pub fn new(client: aws_sdk_ec2::Client, limits: RateLimits, metrics: Arc<Metrics>) -> Ec2 {
         Ec2 {
             client,
-            describe_limit: Arc::new(RateLimiter::new(limits.describe_burst, limits.describe_per_second)),
-            modify_limit: Arc::new(RateLimiter::new(limits.modify_burst, limits.modify_per_second)),
+            describe_limit: Arc::new(RateLimiter::new(
+                limits.describe_burst,
+                limits.describe_per_second,
+            )),
+            modify_limit: Arc::new(RateLimiter::new(
+                limits.modify_burst,
+                limits.modify_per_second,
+            )),
             metrics,
         }
     }
@@ -212,7 +225,10 @@ impl Ec2 {
     /// Reads the instances, at most [`DESCRIBE_BATCH`] IDs per `instance-id` filter, paginated:
     /// ⌈N/200⌉ calls for N instances (plus one per extra page). Every requested ID gets an
     /// observation: found, not found (absent or terminated), or the batch's error.
-    pub async fn describe(&self, instance_ids: &[String]) -> HashMap<String, (Observation, Vec<String>)> {
+    pub async fn describe(
+        &self,
+        instance_ids: &[String],
+    ) -> HashMap<String, (Observation, Vec<String>)> {
         let mut out = HashMap::with_capacity(instance_ids.len());
         let mut ids: Vec<String> = instance_ids.to_vec();
         ids.sort();
@@ -222,7 +238,10 @@ impl Ec2 {
                 Ok(found) => {
                     for id in chunk {
                         let entry = match found.get(id) {
-                            Some(facts) => (Observation::Found(facts.options.clone()), facts.tag_keys.clone()),
+                            Some(facts) => (
+                                Observation::Found(facts.options.clone()),
+                                facts.tag_keys.clone(),
+                            ),
                             None => (Observation::NotFound, Vec::new()),
                         };
                         out.insert(id.clone(), entry);
@@ -231,7 +250,10 @@ impl Ec2 {
                 Err(err) => {
                     let failure = err.to_failure();
                     for id in chunk {
-                        out.insert(id.clone(), (Observation::Failed(failure.clone()), Vec::new()));
+                        out.insert(
+                            id.clone(),
+                            (Observation::Failed(failure.clone()), Vec::new()),
+                        );
                     }
                 }
             }
@@ -239,12 +261,18 @@ impl Ec2 {
         out
     }
 
-    async fn describe_chunk(&self, chunk: &[String]) -> Result<HashMap<String, InstanceFacts>, Ec2Error> {
+    async fn describe_chunk(
+        &self,
+        chunk: &[String],
+    ) -> Result<HashMap<String, InstanceFacts>, Ec2Error> {
         let mut found = HashMap::new();
         let mut next_token: Option<String> = None;
         loop {
             self.describe_limit.acquire().await;
-            let filter = Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build();
+            let filter = Filter::builder()
+                .name("instance-id")
+                .set_values(Some(chunk.to_vec()))
+                .build();
             let result = self
                 .client
                 .describe_instances()
@@ -260,7 +288,9 @@ impl Ec2 {
             }
             let page = result?;
             for instance in page.reservations().iter().flat_map(|r| r.instances()) {
-                let Some(id) = instance.instance_id() else { continue };
+                let Some(id) = instance.instance_id() else {
+                    continue;
+                };
                 let gone = matches!(
                     instance.state().and_then(|s| s.name()),
                     Some(InstanceStateName::Terminated) | Some(InstanceStateName::ShuttingDown)
@@ -272,7 +302,11 @@ impl Ec2 {
                     id.to_string(),
                     InstanceFacts {
                         options: observed_from(instance.metadata_options()),
-                        tag_keys: instance.tags().iter().filter_map(|t| t.key().map(String::from)).collect(),
+                        tag_keys: instance
+                            .tags()
+                            .iter()
+                            .filter_map(|t| t.key().map(String::from))
+                            .collect(),
                     },
                 );
             }
@@ -286,7 +320,12 @@ impl Ec2 {
 
     /// Sends one complete request (all five options). `dry_run` asks EC2 whether the call would
     /// be allowed: the answer is then always an error, `DryRunOk` when it would.
-    pub async fn modify(&self, instance_id: &str, options: &FullOptions, dry_run: bool) -> Result<ObservedOptions, Ec2Error> {
+    pub async fn modify(
+        &self,
+        instance_id: &str,
+        options: &FullOptions,
+        dry_run: bool,
+    ) -> Result<ObservedOptions, Ec2Error> {
         self.modify_limit.acquire().await;
         let result = self
             .client
@@ -294,9 +333,15 @@ impl Ec2 {
             .instance_id(instance_id)
             .http_tokens(HttpTokensState::from(options.http_tokens.as_str()))
             .http_put_response_hop_limit(options.hop_limit)
-            .http_endpoint(InstanceMetadataEndpointState::from(options.http_endpoint.as_str()))
-            .http_protocol_ipv6(InstanceMetadataProtocolState::from(options.http_protocol_ipv6.as_str()))
-            .instance_metadata_tags(InstanceMetadataTagsState::from(options.instance_metadata_tags.as_str()))
+            .http_endpoint(InstanceMetadataEndpointState::from(
+                options.http_endpoint.as_str(),
+            ))
+            .http_protocol_ipv6(InstanceMetadataProtocolState::from(
+                options.http_protocol_ipv6.as_str(),
+            ))
+            .instance_metadata_tags(InstanceMetadataTagsState::from(
+                options.instance_metadata_tags.as_str(),
+            ))
             .dry_run(dry_run)
             .send()
             .await
@@ -353,7 +398,10 @@ mod tests {
         assert_eq!(observed.state, ApplyState::Pending);
         assert_eq!(observed.values.http_tokens, Some(HttpTokens::Required));
         assert_eq!(observed.values.http_put_response_hop_limit, Some(2));
-        assert_eq!(observed.values.http_protocol_ipv6, None, "not reported stays unknown");
+        assert_eq!(
+            observed.values.http_protocol_ipv6, None,
+            "not reported stays unknown"
+        );
     }
 
     #[test]

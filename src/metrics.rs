@@ -57,23 +57,55 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("imds_operator");
         let reconciles = Family::<ResultLabels, Counter>::default();
-        registry.register("reconcile", "Reconciles of policies by result (success, error, requeue)", reconciles.clone());
+        registry.register(
+            "reconcile",
+            "Reconciles of policies by result (success, error, requeue)",
+            reconciles.clone(),
+        );
         let reconcile_errors = Counter::default();
-        registry.register("reconcile_errors", "Reconciles that ended in an error", reconcile_errors.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that ended in an error",
+            reconcile_errors.clone(),
+        );
         let reconcile_time = Histogram::new(exponential_buckets(0.005, 2.0, 14));
-        registry.register("reconcile_time_seconds", "Time a reconcile of one policy takes", reconcile_time.clone());
+        registry.register(
+            "reconcile_time_seconds",
+            "Time a reconcile of one policy takes",
+            reconcile_time.clone(),
+        );
         let aws_calls = Family::<AwsCallLabels, Counter>::default();
-        registry.register("aws_api_calls", "EC2/CloudWatch API calls by operation and outcome (ok or the AWS error code)", aws_calls.clone());
+        registry.register(
+            "aws_api_calls",
+            "EC2/CloudWatch API calls by operation and outcome (ok or the AWS error code)",
+            aws_calls.clone(),
+        );
         let aws_throttled = Family::<OperationLabels, Counter>::default();
-        registry.register("aws_api_throttled", "AWS calls answered with RequestLimitExceeded/Throttling", aws_throttled.clone());
+        registry.register(
+            "aws_api_throttled",
+            "AWS calls answered with RequestLimitExceeded/Throttling",
+            aws_throttled.clone(),
+        );
         let aws_permission_errors = Family::<OperationLabels, Counter>::default();
-        registry.register("aws_api_permission_errors", "AWS calls denied (UnauthorizedOperation)", aws_permission_errors.clone());
+        registry.register(
+            "aws_api_permission_errors",
+            "AWS calls denied (UnauthorizedOperation)",
+            aws_permission_errors.clone(),
+        );
         let modifications = Counter::default();
-        registry.register("instance_modifications", "ModifyInstanceMetadataOptions requests EC2 accepted", modifications.clone());
+        registry.register(
+            "instance_modifications",
+            "ModifyInstanceMetadataOptions requests EC2 accepted",
+            modifications.clone(),
+        );
         let policy_nodes = Family::<PolicyStateLabels, Gauge>::default();
         registry.register("policy_nodes", "Nodes selected by a policy, by state (matched, compliant, drifted, pending, skipped, failed, conflicted)", policy_nodes.clone());
         let leader = Gauge::default();
-        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -90,7 +122,11 @@ impl Metrics {
 
     /// A finished reconcile.
     pub fn reconciled(&self, result: &str, took: Duration) {
-        self.reconciles.get_or_create(&ResultLabels { result: result.into() }).inc();
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
         if result == "error" {
             self.reconcile_errors.inc();
         }
@@ -105,7 +141,9 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc();
-        let labels = OperationLabels { operation: operation.into() };
+        let labels = OperationLabels {
+            operation: operation.into(),
+        };
         match outcome {
             "RequestLimitExceeded" | "Throttling" | "ThrottlingException" => {
                 self.aws_throttled.get_or_create(&labels).inc();
@@ -136,7 +174,15 @@ impl Metrics {
 
     /// Forget a deleted policy's gauges.
     pub fn forget_policy(&self, policy: &str) {
-        for state in ["matched", "compliant", "drifted", "pending", "skipped", "failed", "conflicted"] {
+        for state in [
+            "matched",
+            "compliant",
+            "drifted",
+            "pending",
+            "skipped",
+            "failed",
+            "conflicted",
+        ] {
             self.policy_nodes.remove(&PolicyStateLabels {
                 policy: policy.into(),
                 state: state.into(),

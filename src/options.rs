@@ -84,7 +84,9 @@ impl MetadataOptions {
     pub fn set(&mut self, field: Field, value: OptionValue) {
         match (field, value) {
             (Field::HttpTokens, OptionValue::Tokens(t)) => self.http_tokens = Some(t),
-            (Field::HopLimit, OptionValue::HopLimit(h)) => self.http_put_response_hop_limit = Some(h),
+            (Field::HopLimit, OptionValue::HopLimit(h)) => {
+                self.http_put_response_hop_limit = Some(h)
+            }
             (Field::HttpEndpoint, OptionValue::Toggle(t)) => self.http_endpoint = Some(t),
             (Field::HttpProtocolIpv6, OptionValue::Toggle(t)) => self.http_protocol_ipv6 = Some(t),
             (Field::InstanceMetadataTags, OptionValue::Toggle(t)) => {
@@ -234,7 +236,11 @@ mod tests {
         };
         let full = FullOptions::merge(&desired, &observed);
         assert_eq!(full.hop_limit, 2);
-        assert_eq!(full.http_tokens, HttpTokens::Required, "observed tokens kept, never weakened");
+        assert_eq!(
+            full.http_tokens,
+            HttpTokens::Required,
+            "observed tokens kept, never weakened"
+        );
     }
 
     #[test]

@@ -62,7 +62,9 @@ pub fn is_instance_id(id: &str) -> bool {
     match id.strip_prefix("i-") {
         Some(hex) => {
             (hex.len() == 8 || hex.len() == 17)
-                && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         }
         None => false,
     }
@@ -118,10 +120,19 @@ mod tests {
             })
         };
         let cases: Vec<(Option<&str>, Result<InstanceRef, &str>)> = vec![
-            (Some("aws:///us-east-1a/i-0123456789abcdef0"), ok("us-east-1a", "i-0123456789abcdef0")),
-            (Some("aws://us-west-2b/i-0123456789abcdef0"), ok("us-west-2b", "i-0123456789abcdef0")),
+            (
+                Some("aws:///us-east-1a/i-0123456789abcdef0"),
+                ok("us-east-1a", "i-0123456789abcdef0"),
+            ),
+            (
+                Some("aws://us-west-2b/i-0123456789abcdef0"),
+                ok("us-west-2b", "i-0123456789abcdef0"),
+            ),
             (Some("aws:///i-1234abcd"), ok("", "i-1234abcd")),
-            (Some(" aws:///eu-west-1c/i-1234abcd "), ok("eu-west-1c", "i-1234abcd")),
+            (
+                Some(" aws:///eu-west-1c/i-1234abcd "),
+                ok("eu-west-1c", "i-1234abcd"),
+            ),
             (None, Err("NoProviderID")),
             (Some(""), Err("NoProviderID")),
             (Some("gce://project/zone/vm"), Err("NotAWS")),
@@ -131,9 +142,15 @@ mod tests {
                 Err("Fargate"),
             ),
             (Some("aws:///"), Err("MalformedProviderID")),
-            (Some("aws:///us-east-1a/not-an-instance"), Err("MalformedProviderID")),
+            (
+                Some("aws:///us-east-1a/not-an-instance"),
+                Err("MalformedProviderID"),
+            ),
             (Some("aws:///us-east-1a/i-XYZ"), Err("MalformedProviderID")),
-            (Some("aws:///us-east-1a/i-0123456789ABCDEF0"), Err("MalformedProviderID")),
+            (
+                Some("aws:///us-east-1a/i-0123456789ABCDEF0"),
+                Err("MalformedProviderID"),
+            ),
             (Some("aws:///a/b/i-1234abcd"), Err("MalformedProviderID")),
         ];
         for (input, want) in cases {

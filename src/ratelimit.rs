@@ -39,7 +39,9 @@ impl Bucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.refill_per_second))
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / self.refill_per_second,
+            ))
         }
     }
 
@@ -109,7 +111,11 @@ mod tests {
         let wait = b.try_take(t0).expect_err("empty");
         assert_eq!(wait, Duration::from_millis(500));
         assert!(b.try_take(t0 + Duration::from_millis(500)).is_ok());
-        assert_eq!(b.available(t0 + Duration::from_secs(100)), 3, "capped at capacity");
+        assert_eq!(
+            b.available(t0 + Duration::from_secs(100)),
+            3,
+            "capped at capacity"
+        );
     }
 
     #[test]
@@ -129,7 +135,10 @@ mod tests {
             limiter.acquire().await;
         }
         let elapsed = start.elapsed();
-        assert!(elapsed >= Duration::from_secs(2), "two waited a second each: {elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_secs(2),
+            "two waited a second each: {elapsed:?}"
+        );
         assert!(elapsed < Duration::from_secs(3));
     }
 }

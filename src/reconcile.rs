@@ -7,11 +7,14 @@ use crate::context::Context;
 use crate::ec2::Ec2ErrorKind;
 use crate::nodes;
 use crate::options::{ApplyState, FullOptions};
-use crate::plan::{self, Failure, FailureKind, NodeInput, NodePlan, NodeState, Observation, PlanInput};
+use crate::plan::{
+    self, Failure, FailureKind, NodeInput, NodePlan, NodeState, Observation, PlanInput,
+};
 use crate::provider_id;
 use crate::selection::PolicyInput;
 use crate::status::{self, Progress};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -48,7 +51,10 @@ pub enum ReconcileError {
 const PENDING_RECHECK: Duration = Duration::from_secs(5);
 
 /// Reconciles one policy.
-pub async fn reconcile(policy: Arc<InstanceMetadataPolicy>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+pub async fn reconcile(
+    policy: Arc<InstanceMetadataPolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let started = std::time::Instant::now();
     let result = reconcile_inner(&policy, &ctx).await;
     let label = match &result {
@@ -59,7 +65,10 @@ pub async fn reconcile(policy: Arc<InstanceMetadataPolicy>, ctx: Arc<Context>) -
     result
 }
 
-async fn reconcile_inner(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<Action, ReconcileError> {
+async fn reconcile_inner(
+    policy: &InstanceMetadataPolicy,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
     let name = policy.name_any();
     if policy.meta().deletion_timestamp.is_some() {
         ctx.forget_policy(&name);
@@ -132,10 +141,21 @@ async fn reconcile_inner(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resu
             p.message = Some("waiting for the operator's EC2 rate limit".into());
         }
     }
-    let previous = policy.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let previous = policy
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let generation = policy.metadata.generation.unwrap_or_default();
-    let new_status = status::summarize(policy.spec.mode, generation, &plans, &progress, &previous, now);
+    let new_status = status::summarize(
+        policy.spec.mode,
+        generation,
+        &plans,
+        &progress,
+        &previous,
+        now,
+    );
     publish_conflicts(ctx, policy, &plans).await;
     patch_status(ctx, &name, &new_status).await?;
     record_gauges(ctx, &name, &new_status);
@@ -145,7 +165,11 @@ async fn reconcile_inner(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resu
 /// Reads the instances whose cached observation is stale.
 async fn refresh(ctx: &Context, instance_ids: &[String]) {
     let max_age = ctx.config.resync_period.mul_f64(0.9);
-    let stale = ctx.cache.lock().await.stale(instance_ids, Instant::now(), max_age);
+    let stale = ctx
+        .cache
+        .lock()
+        .await
+        .stale(instance_ids, Instant::now(), max_age);
     if stale.is_empty() {
         return;
     }
@@ -167,7 +191,11 @@ struct Claimed {
 
 /// Sends the planned requests, as many as the rate limit allows now; the rest wait for the next
 /// reconcile (requeued shortly). Returns per-instance failures and the progress made.
-async fn apply(ctx: &Context, policy: &InstanceMetadataPolicy, plans: &[NodePlan]) -> (HashMap<String, Failure>, Progress) {
+async fn apply(
+    ctx: &Context,
+    policy: &InstanceMetadataPolicy,
+    plans: &[NodePlan],
+) -> (HashMap<String, Failure>, Progress) {
     let wanted: Vec<(&NodePlan, String, FullOptions)> = plans
         .iter()
         .filter_map(|p| Some((p, p.instance_id.clone()?, p.action?)))
@@ -176,7 +204,8 @@ async fn apply(ctx: &Context, policy: &InstanceMetadataPolicy, plans: &[NodePlan
     if wanted.is_empty() {
         return (HashMap::new(), progress);
     }
-    let budget = (ctx.ec2.modify_tokens().await as usize).clamp(1, ctx.config.max_modifies_per_reconcile);
+    let budget =
+        (ctx.ec2.modify_tokens().await as usize).clamp(1, ctx.config.max_modifies_per_reconcile);
     let mut claimed: Vec<Claimed> = Vec::new();
     {
         let mut cache = ctx.cache.lock().await;
@@ -223,17 +252,31 @@ async fn apply(ctx: &Context, policy: &InstanceMetadataPolicy, plans: &[NodePlan
             Ok(observed) => {
                 progress.modified += 1;
                 let pending = observed.state == ApplyState::Pending;
-                let tag_keys = cache.tag_keys(&id).map(<[String]>::to_vec).unwrap_or_default();
+                let tag_keys = cache
+                    .tag_keys(&id)
+                    .map(<[String]>::to_vec)
+                    .unwrap_or_default();
                 cache.observe(&id, Observation::Found(observed), tag_keys, now);
                 drop(cache);
-                let changes: Vec<String> =
-                    drift.iter().map(|d| format!("{} {}→{}", d.field, d.observed, d.desired)).collect();
+                let changes: Vec<String> = drift
+                    .iter()
+                    .map(|d| format!("{} {}→{}", d.field, d.observed, d.desired))
+                    .collect();
                 let note = format!(
                     "node {node} ({id}): {}; sent {request}{}",
                     changes.join(", "),
                     if pending { " (pending)" } else { "" }
                 );
-                publish(ctx, policy, EventType::Normal, "Modified", "ModifyInstanceMetadataOptions", note).await;
+                publish(
+                    ctx,
+                    policy,
+                    Some(&node),
+                    EventType::Normal,
+                    "Modified",
+                    "ModifyInstanceMetadataOptions",
+                    note,
+                )
+                .await;
             }
             Err(err) => {
                 let failure = err.to_failure();
@@ -247,8 +290,16 @@ async fn apply(ctx: &Context, policy: &InstanceMetadataPolicy, plans: &[NodePlan
                 }
                 drop(cache);
                 let note = format!("node {node} ({id}): {}", failure.message);
-                publish(ctx, policy, EventType::Warning, failure.kind.reason(), "ModifyInstanceMetadataOptions", note)
-                    .await;
+                publish(
+                    ctx,
+                    policy,
+                    Some(&node),
+                    EventType::Warning,
+                    failure.kind.reason(),
+                    "ModifyInstanceMetadataOptions",
+                    note,
+                )
+                .await;
                 failures.insert(id, failure);
             }
         }
@@ -256,13 +307,30 @@ async fn apply(ctx: &Context, policy: &InstanceMetadataPolicy, plans: &[NodePlan
     (failures, progress)
 }
 
-async fn publish(ctx: &Context, policy: &InstanceMetadataPolicy, type_: EventType, reason: &str, action: &str, note: String) {
+/// Publishes an event on the policy. `node` becomes the event's `related` object: the
+/// recorder aggregates events with the same reason, action and related object into one series,
+/// so a modification of each node stays its own event.
+async fn publish(
+    ctx: &Context,
+    policy: &InstanceMetadataPolicy,
+    node: Option<&str>,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let secondary = node.map(|name| ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(name.to_string()),
+        ..Default::default()
+    });
     let event = Event {
         type_,
         reason: reason.to_string(),
         note: Some(truncate(note, 1000)),
         action: action.to_string(),
-        secondary: None,
+        secondary,
     };
     if let Err(err) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
         tracing::warn!(policy = %policy.name_any(), error = %err, "could not publish event");
@@ -281,7 +349,10 @@ fn truncate(mut s: String, max: usize) -> String {
 }
 
 async fn publish_conflicts(ctx: &Context, policy: &InstanceMetadataPolicy, plans: &[NodePlan]) {
-    let conflicted: Vec<&NodePlan> = plans.iter().filter(|p| p.state == NodeState::Conflict).collect();
+    let conflicted: Vec<&NodePlan> = plans
+        .iter()
+        .filter(|p| p.state == NodeState::Conflict)
+        .collect();
     if let Some(first) = conflicted.first() {
         let note = format!(
             "{} nodes have options that equal-priority policies disagree on; first: {}: {}",
@@ -289,23 +360,40 @@ async fn publish_conflicts(ctx: &Context, policy: &InstanceMetadataPolicy, plans
             first.node,
             first.message.clone().unwrap_or_default()
         );
-        publish(ctx, policy, EventType::Warning, crate::api::reason::CONFLICT, "Plan", note).await;
+        publish(
+            ctx,
+            policy,
+            None,
+            EventType::Warning,
+            crate::api::reason::CONFLICT,
+            "Plan",
+            note,
+        )
+        .await;
     }
 }
 
-async fn patch_status(ctx: &Context, name: &str, status: &InstanceMetadataPolicyStatus) -> Result<(), ReconcileError> {
+async fn patch_status(
+    ctx: &Context,
+    name: &str,
+    status: &InstanceMetadataPolicyStatus,
+) -> Result<(), ReconcileError> {
     let api: Api<InstanceMetadataPolicy> = Api::all(ctx.client.clone());
     let patch = serde_json::json!({
         "apiVersion": format!("{}/v1alpha1", crate::api::GROUP),
         "kind": "InstanceMetadataPolicy",
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(|source| ReconcileError::StatusPatch {
-            policy: name.to_string(),
-            source,
-        })?;
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| ReconcileError::StatusPatch {
+        policy: name.to_string(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -348,7 +436,11 @@ fn next_action(ctx: &Context, name: &str, plans: &[NodePlan], progress: &Progres
 }
 
 /// What the controller does when a reconcile fails as a whole: back off per policy.
-pub fn error_policy(policy: Arc<InstanceMetadataPolicy>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+pub fn error_policy(
+    policy: Arc<InstanceMetadataPolicy>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
     let name = policy.name_any();
     tracing::warn!(policy = %name, %error, "reconcile failed");
     if matches!(error, ReconcileError::InvalidSelector(_)) {

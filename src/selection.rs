@@ -35,12 +35,11 @@ pub struct InvalidSelector {
 impl PolicyInput {
     /// Reduces a policy object.
     pub fn from_policy(policy: &InstanceMetadataPolicy) -> Result<PolicyInput, InvalidSelector> {
-        let selector = Selector::try_from(policy.spec.node_selector.clone()).map_err(|e| {
-            InvalidSelector {
+        let selector =
+            Selector::try_from(policy.spec.node_selector.clone()).map_err(|e| InvalidSelector {
                 name: policy.name_any(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(PolicyInput {
             name: policy.name_any(),
             priority: policy.spec.priority,
@@ -100,8 +99,10 @@ pub fn decide<'a>(selecting: impl IntoIterator<Item = &'a PolicyInput>) -> Decis
         let Some(top) = claims.iter().map(|(p, _)| p.priority).max() else {
             continue;
         };
-        let mut winners: Vec<(&PolicyInput, OptionValue)> =
-            claims.into_iter().filter(|(p, _)| p.priority == top).collect();
+        let mut winners: Vec<(&PolicyInput, OptionValue)> = claims
+            .into_iter()
+            .filter(|(p, _)| p.priority == top)
+            .collect();
         winners.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         let first = winners[0].1;
         let decision = if winners.iter().all(|(_, v)| *v == first) {
@@ -141,7 +142,12 @@ pub(crate) mod tests {
     use super::*;
     use crate::api::{HttpTokens, Toggle};
 
-    pub(crate) fn policy(name: &str, priority: i32, mode: PolicyMode, options: MetadataOptions) -> PolicyInput {
+    pub(crate) fn policy(
+        name: &str,
+        priority: i32,
+        mode: PolicyMode,
+        options: MetadataOptions,
+    ) -> PolicyInput {
         PolicyInput {
             name: name.into(),
             priority,
@@ -192,12 +198,18 @@ pub(crate) mod tests {
             },
             Case {
                 name: "higher priority wins",
-                policies: vec![policy("a", 0, Enforce, tokens(Optional)), policy("b", 10, Enforce, tokens(Required))],
+                policies: vec![
+                    policy("a", 0, Enforce, tokens(Optional)),
+                    policy("b", 10, Enforce, tokens(Required)),
+                ],
                 want: vec![(Field::HttpTokens, decided(req, &["b"], true))],
             },
             Case {
                 name: "equal priority, different values: conflict",
-                policies: vec![policy("b", 5, Enforce, tokens(Required)), policy("a", 5, Enforce, tokens(Optional))],
+                policies: vec![
+                    policy("b", 5, Enforce, tokens(Required)),
+                    policy("a", 5, Enforce, tokens(Optional)),
+                ],
                 want: vec![(
                     Field::HttpTokens,
                     FieldDecision::Conflict {
@@ -207,20 +219,32 @@ pub(crate) mod tests {
             },
             Case {
                 name: "equal priority, same value: both own it",
-                policies: vec![policy("b", 5, Audit, tokens(Required)), policy("a", 5, Enforce, tokens(Required))],
+                policies: vec![
+                    policy("b", 5, Audit, tokens(Required)),
+                    policy("a", 5, Enforce, tokens(Required)),
+                ],
                 want: vec![(Field::HttpTokens, decided(req, &["a", "b"], true))],
             },
             Case {
                 name: "audit winner is not enforced",
-                policies: vec![policy("a", 0, Enforce, tokens(Optional)), policy("b", 1, Audit, tokens(Required))],
+                policies: vec![
+                    policy("a", 0, Enforce, tokens(Optional)),
+                    policy("b", 1, Audit, tokens(Required)),
+                ],
                 want: vec![(Field::HttpTokens, decided(req, &["b"], false))],
             },
             Case {
                 name: "per option: different policies decide different options",
-                policies: vec![policy("all", 0, Enforce, tokens(Required)), policy("ng", 10, Enforce, hop(2))],
+                policies: vec![
+                    policy("all", 0, Enforce, tokens(Required)),
+                    policy("ng", 10, Enforce, hop(2)),
+                ],
                 want: vec![
                     (Field::HttpTokens, decided(req, &["all"], true)),
-                    (Field::HopLimit, decided(OptionValue::HopLimit(2), &["ng"], true)),
+                    (
+                        Field::HopLimit,
+                        decided(OptionValue::HopLimit(2), &["ng"], true),
+                    ),
                 ],
             },
             Case {
@@ -230,7 +254,10 @@ pub(crate) mod tests {
                     policy("b", 0, Enforce, hop(3)),
                     policy("c", 1, Enforce, hop(2)),
                 ],
-                want: vec![(Field::HopLimit, decided(OptionValue::HopLimit(2), &["c"], true))],
+                want: vec![(
+                    Field::HopLimit,
+                    decided(OptionValue::HopLimit(2), &["c"], true),
+                )],
             },
             Case {
                 name: "no policies",

@@ -38,20 +38,32 @@ async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str)
     }
 }
 
-async fn metrics(State(metrics): State<Arc<Metrics>>) -> ([(&'static str, &'static str); 1], String) {
+async fn metrics(
+    State(metrics): State<Arc<Metrics>>,
+) -> ([(&'static str, &'static str); 1], String) {
     (
-        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         metrics.encode(),
     )
 }
 
 /// Binds both listeners (failing fast when a port is taken) and serves them in the background.
-pub async fn serve(health_addr: SocketAddr, metrics_addr: SocketAddr, health: Arc<Health>, registry: Arc<Metrics>) -> std::io::Result<()> {
+pub async fn serve(
+    health_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    health: Arc<Health>,
+    registry: Arc<Metrics>,
+) -> std::io::Result<()> {
     let health_app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(health);
-    let metrics_app = Router::new().route("/metrics", get(metrics)).with_state(registry);
+    let metrics_app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(registry);
     let health_listener = tokio::net::TcpListener::bind(health_addr).await?;
     let metrics_listener = tokio::net::TcpListener::bind(metrics_addr).await?;
     tokio::spawn(async move {

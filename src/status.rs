@@ -41,7 +41,10 @@ pub fn summarize(
         conditions: Vec::new(),
     };
 
-    let mut listed: Vec<&NodePlan> = plans.iter().filter(|p| p.state != NodeState::Compliant).collect();
+    let mut listed: Vec<&NodePlan> = plans
+        .iter()
+        .filter(|p| p.state != NodeState::Compliant)
+        .collect();
     listed.sort_by(|a, b| (a.state, &a.node).cmp(&(b.state, &b.node)));
     status.non_compliant_nodes = listed
         .into_iter()
@@ -81,21 +84,43 @@ fn conditions(
     let audit_drift = mode == PolicyMode::Audit && s.drifted_nodes > 0;
 
     let ready = if s.matched_nodes == 0 {
-        (true, reason::NO_NODES_SELECTED, "no node matches spec.nodeSelector".to_string())
+        (
+            true,
+            reason::NO_NODES_SELECTED,
+            "no node matches spec.nodeSelector".to_string(),
+        )
     } else if s.failed_nodes > 0 {
-        (false, reason::FAILED, format!("{} of {} nodes failed", s.failed_nodes, s.matched_nodes))
+        (
+            false,
+            reason::FAILED,
+            format!("{} of {} nodes failed", s.failed_nodes, s.matched_nodes),
+        )
     } else if s.conflicted_nodes > 0 {
         (
             false,
             reason::CONFLICT,
-            format!("{} nodes have options that equal-priority policies disagree on", s.conflicted_nodes),
+            format!(
+                "{} nodes have options that equal-priority policies disagree on",
+                s.conflicted_nodes
+            ),
         )
     } else if s.drifted_nodes > 0 {
-        (false, reason::DRIFTED, format!("{} of {} nodes drifted", s.drifted_nodes, s.matched_nodes))
+        (
+            false,
+            reason::DRIFTED,
+            format!("{} of {} nodes drifted", s.drifted_nodes, s.matched_nodes),
+        )
     } else if s.pending_nodes > 0 {
-        (false, reason::PENDING, format!("{} nodes have changes pending", s.pending_nodes))
+        (
+            false,
+            reason::PENDING,
+            format!("{} nodes have changes pending", s.pending_nodes),
+        )
     } else {
-        let mut message = format!("{} of {} nodes compliant", s.compliant_nodes, s.matched_nodes);
+        let mut message = format!(
+            "{} of {} nodes compliant",
+            s.compliant_nodes, s.matched_nodes
+        );
         if s.skipped_nodes > 0 {
             message.push_str(&format!(", {} skipped", s.skipped_nodes));
         }
@@ -105,19 +130,39 @@ fn conditions(
     // Judged after applying: a request EC2 answered `applied` is no longer work in flight.
     let reconciling = if progress.deferred > 0 || actionable > 0 {
         let n = progress.deferred.max(actionable);
-        (true, reason::APPLYING, format!("{n} instances still to modify"))
+        (
+            true,
+            reason::APPLYING,
+            format!("{n} instances still to modify"),
+        )
     } else if s.pending_nodes > 0 {
-        (true, reason::PENDING, format!("waiting for {} instances to apply", s.pending_nodes))
+        (
+            true,
+            reason::PENDING,
+            format!("waiting for {} instances to apply", s.pending_nodes),
+        )
     } else if transient > 0 {
-        (true, reason::RETRYING, format!("retrying {transient} instances after transient errors"))
+        (
+            true,
+            reason::RETRYING,
+            format!("retrying {transient} instances after transient errors"),
+        )
     } else {
         (false, reason::IDLE, "no change in flight".to_string())
     };
 
     let stalled = if permission > 0 {
-        (true, reason::PERMISSION_DENIED, first_message(plans, FailureKind::PermissionDenied))
+        (
+            true,
+            reason::PERMISSION_DENIED,
+            first_message(plans, FailureKind::PermissionDenied),
+        )
     } else if unsupported > 0 {
-        (true, reason::UNSUPPORTED_OPTION, first_message(plans, FailureKind::Unsupported))
+        (
+            true,
+            reason::UNSUPPORTED_OPTION,
+            first_message(plans, FailureKind::Unsupported),
+        )
     } else if s.conflicted_nodes > 0 {
         let msg = plans
             .iter()
@@ -129,15 +174,27 @@ fn conditions(
         (
             true,
             reason::AUDIT_DRIFT,
-            format!("Audit mode: {} nodes drifted; switch to Enforce or fix them", s.drifted_nodes),
+            format!(
+                "Audit mode: {} nodes drifted; switch to Enforce or fix them",
+                s.drifted_nodes
+            ),
         )
     } else {
-        (false, reason::NO_BLOCKERS, "nothing needs a person".to_string())
+        (
+            false,
+            reason::NO_BLOCKERS,
+            "nothing needs a person".to_string(),
+        )
     };
 
     vec![
         (condition::READY, ready.0, ready.1, ready.2),
-        (condition::RECONCILING, reconciling.0, reconciling.1, reconciling.2),
+        (
+            condition::RECONCILING,
+            reconciling.0,
+            reconciling.1,
+            reconciling.2,
+        ),
         (condition::STALLED, stalled.0, stalled.1, stalled.2),
     ]
 }
@@ -207,14 +264,20 @@ mod tests {
     }
 
     fn cond<'a>(s: &'a InstanceMetadataPolicyStatus, t: &str) -> &'a Condition {
-        s.conditions.iter().find(|c| c.type_ == t).expect("condition present")
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition present")
     }
 
     #[test]
     fn conditions_table() {
         use NodeState::*;
         let mut drifted_with_action = plan("d", Drifted);
-        drifted_with_action.action = Some(crate::options::FullOptions::merge(&Default::default(), &Default::default()));
+        drifted_with_action.action = Some(crate::options::FullOptions::merge(
+            &Default::default(),
+            &Default::default(),
+        ));
         struct Case {
             name: &'static str,
             mode: PolicyMode,
@@ -229,84 +292,145 @@ mod tests {
                 mode: PolicyMode::Enforce,
                 plans: vec![plan("a", Compliant), plan("b", Skipped)],
                 progress: none.clone(),
-                want: [("True", "Compliant"), ("False", "Idle"), ("False", "NoBlockers")],
+                want: [
+                    ("True", "Compliant"),
+                    ("False", "Idle"),
+                    ("False", "NoBlockers"),
+                ],
             },
             Case {
                 name: "no nodes",
                 mode: PolicyMode::Enforce,
                 plans: vec![],
                 progress: none.clone(),
-                want: [("True", "NoNodesSelected"), ("False", "Idle"), ("False", "NoBlockers")],
+                want: [
+                    ("True", "NoNodesSelected"),
+                    ("False", "Idle"),
+                    ("False", "NoBlockers"),
+                ],
             },
             Case {
                 name: "pending after modify",
                 mode: PolicyMode::Enforce,
                 plans: vec![plan("a", Pending)],
-                progress: Progress { modified: 1, deferred: 0 },
-                want: [("False", "Pending"), ("True", "Pending"), ("False", "NoBlockers")],
+                progress: Progress {
+                    modified: 1,
+                    deferred: 0,
+                },
+                want: [
+                    ("False", "Pending"),
+                    ("True", "Pending"),
+                    ("False", "NoBlockers"),
+                ],
             },
             Case {
                 name: "modified and applied at once",
                 mode: PolicyMode::Enforce,
                 plans: vec![plan("a", Compliant)],
-                progress: Progress { modified: 1, deferred: 0 },
-                want: [("True", "Compliant"), ("False", "Idle"), ("False", "NoBlockers")],
+                progress: Progress {
+                    modified: 1,
+                    deferred: 0,
+                },
+                want: [
+                    ("True", "Compliant"),
+                    ("False", "Idle"),
+                    ("False", "NoBlockers"),
+                ],
             },
             Case {
                 name: "pending only",
                 mode: PolicyMode::Enforce,
                 plans: vec![plan("a", Pending), plan("b", Compliant)],
                 progress: none.clone(),
-                want: [("False", "Pending"), ("True", "Pending"), ("False", "NoBlockers")],
+                want: [
+                    ("False", "Pending"),
+                    ("True", "Pending"),
+                    ("False", "NoBlockers"),
+                ],
             },
             Case {
                 name: "drift waiting for rate limit",
                 mode: PolicyMode::Enforce,
                 plans: vec![drifted_with_action.clone()],
-                progress: Progress { modified: 0, deferred: 1 },
-                want: [("False", "Drifted"), ("True", "Applying"), ("False", "NoBlockers")],
+                progress: Progress {
+                    modified: 0,
+                    deferred: 1,
+                },
+                want: [
+                    ("False", "Drifted"),
+                    ("True", "Applying"),
+                    ("False", "NoBlockers"),
+                ],
             },
             Case {
                 name: "audit drift stalls",
                 mode: PolicyMode::Audit,
                 plans: vec![plan("a", Drifted)],
                 progress: none.clone(),
-                want: [("False", "Drifted"), ("False", "Idle"), ("True", "AuditModeDrift")],
+                want: [
+                    ("False", "Drifted"),
+                    ("False", "Idle"),
+                    ("True", "AuditModeDrift"),
+                ],
             },
             Case {
                 name: "permission denied stalls",
                 mode: PolicyMode::Enforce,
-                plans: vec![failed("a", FailureKind::PermissionDenied), plan("b", Compliant)],
+                plans: vec![
+                    failed("a", FailureKind::PermissionDenied),
+                    plan("b", Compliant),
+                ],
                 progress: none.clone(),
-                want: [("False", "Failed"), ("False", "Idle"), ("True", "PermissionDenied")],
+                want: [
+                    ("False", "Failed"),
+                    ("False", "Idle"),
+                    ("True", "PermissionDenied"),
+                ],
             },
             Case {
                 name: "unsupported option stalls",
                 mode: PolicyMode::Enforce,
                 plans: vec![failed("a", FailureKind::Unsupported)],
                 progress: none.clone(),
-                want: [("False", "Failed"), ("False", "Idle"), ("True", "UnsupportedOption")],
+                want: [
+                    ("False", "Failed"),
+                    ("False", "Idle"),
+                    ("True", "UnsupportedOption"),
+                ],
             },
             Case {
                 name: "throttled is retried, not stalled",
                 mode: PolicyMode::Enforce,
                 plans: vec![failed("a", FailureKind::Transient)],
                 progress: none.clone(),
-                want: [("False", "Failed"), ("True", "Retrying"), ("False", "NoBlockers")],
+                want: [
+                    ("False", "Failed"),
+                    ("True", "Retrying"),
+                    ("False", "NoBlockers"),
+                ],
             },
             Case {
                 name: "conflict stalls",
                 mode: PolicyMode::Enforce,
                 plans: vec![plan("a", Conflict)],
                 progress: none.clone(),
-                want: [("False", "Conflict"), ("False", "Idle"), ("True", "Conflict")],
+                want: [
+                    ("False", "Conflict"),
+                    ("False", "Idle"),
+                    ("True", "Conflict"),
+                ],
             },
         ];
         for c in cases {
             let s = summarize(c.mode, 3, &c.plans, &c.progress, &[], at(100));
             for (t, (status, reason)) in ["Ready", "Reconciling", "Stalled"].iter().zip(c.want) {
                 let got = cond(&s, t);
-                assert_eq!((got.status.as_str(), got.reason.as_str()), (status, reason), "{}: {t}", c.name);
+                assert_eq!(
+                    (got.status.as_str(), got.reason.as_str()),
+                    (status, reason),
+                    "{}: {t}",
+                    c.name
+                );
                 assert_eq!(got.observed_generation, Some(3));
             }
             assert_eq!(s.observed_generation, Some(3));
@@ -315,10 +439,19 @@ mod tests {
 
     #[test]
     fn counts_and_bounded_list() {
-        let mut plans: Vec<NodePlan> = (0..30).map(|i| plan(&format!("n{i:02}"), NodeState::Drifted)).collect();
+        let mut plans: Vec<NodePlan> = (0..30)
+            .map(|i| plan(&format!("n{i:02}"), NodeState::Drifted))
+            .collect();
         plans.push(failed("zz", FailureKind::Other));
         plans.push(plan("ok", NodeState::Compliant));
-        let s = summarize(PolicyMode::Enforce, 1, &plans, &Progress::default(), &[], at(1));
+        let s = summarize(
+            PolicyMode::Enforce,
+            1,
+            &plans,
+            &Progress::default(),
+            &[],
+            at(1),
+        );
         assert_eq!(s.matched_nodes, 32);
         assert_eq!(s.drifted_nodes, 30);
         assert_eq!(s.failed_nodes, 1);
@@ -330,11 +463,36 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_on_flip() {
-        let first = summarize(PolicyMode::Enforce, 1, &[plan("a", NodeState::Drifted)], &Progress::default(), &[], at(10));
-        let same = summarize(PolicyMode::Enforce, 2, &[plan("a", NodeState::Drifted)], &Progress::default(), &first.conditions, at(20));
+        let first = summarize(
+            PolicyMode::Enforce,
+            1,
+            &[plan("a", NodeState::Drifted)],
+            &Progress::default(),
+            &[],
+            at(10),
+        );
+        let same = summarize(
+            PolicyMode::Enforce,
+            2,
+            &[plan("a", NodeState::Drifted)],
+            &Progress::default(),
+            &first.conditions,
+            at(20),
+        );
         assert_eq!(cond(&same, "Ready").last_transition_time, at(10));
-        let flipped = summarize(PolicyMode::Enforce, 2, &[plan("a", NodeState::Compliant)], &Progress::default(), &same.conditions, at(30));
+        let flipped = summarize(
+            PolicyMode::Enforce,
+            2,
+            &[plan("a", NodeState::Compliant)],
+            &Progress::default(),
+            &same.conditions,
+            at(30),
+        );
         assert_eq!(cond(&flipped, "Ready").last_transition_time, at(30));
-        assert_eq!(cond(&flipped, "Stalled").last_transition_time, at(10), "Stalled stayed False");
+        assert_eq!(
+            cond(&flipped, "Stalled").last_transition_time,
+            at(10),
+            "Stalled stayed False"
+        );
     }
 }

@@ -86,7 +86,10 @@ impl Cluster {
     pub fn apply(&self, yaml: &str) -> Result<()> {
         let out = self.kubectl_apply(yaml)?;
         if !out.status.success() {
-            bail!("kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "kubectl apply failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -100,11 +103,21 @@ impl Cluster {
     }
 
     /// Creates a Node with labels and (optionally) a providerID.
-    pub async fn create_node(&self, name: &str, labels: &[(&str, &str)], provider_id: Option<&str>) -> Result<()> {
+    pub async fn create_node(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        provider_id: Option<&str>,
+    ) -> Result<()> {
         let node = Node {
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
                 ..Default::default()
             },
             spec: Some(k8s_openapi::api::core::v1::NodeSpec {
@@ -154,7 +167,13 @@ impl Cluster {
             .items
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(policy))
-            .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.reason.unwrap_or_default(),
+                    e.note.unwrap_or_default()
+                )
+            })
             .collect())
     }
 }
@@ -182,8 +201,19 @@ impl Operator {
 
     /// Starts `imds-operator run` with the admin kubeconfig (or `kubeconfig`), the AWS
     /// environment and extra flags.
-    pub async fn start(cluster: &Cluster, aws_env: &[(String, String)], extra: &[&str]) -> Result<Operator> {
-        Operator::start_with(cluster, cluster.cp.kubeconfig_path().to_path_buf(), "operator", aws_env, extra).await
+    pub async fn start(
+        cluster: &Cluster,
+        aws_env: &[(String, String)],
+        extra: &[&str],
+    ) -> Result<Operator> {
+        Operator::start_with(
+            cluster,
+            cluster.cp.kubeconfig_path().to_path_buf(),
+            "operator",
+            aws_env,
+            extra,
+        )
+        .await
     }
 
     pub async fn start_with(
@@ -212,15 +242,21 @@ impl Operator {
         let health_url = format!("http://{health}");
         let http = reqwest::Client::builder().no_proxy().build()?;
         let url = format!("{health_url}/healthz");
-        support::process::wait_ready(&mut child, "serving /healthz", Duration::from_secs(30), Duration::from_millis(100), || {
-            let http = http.clone();
-            let url = url.clone();
-            async move {
-                let resp = http.get(&url).send().await?;
-                anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
-                Ok(())
-            }
-        })
+        support::process::wait_ready(
+            &mut child,
+            "serving /healthz",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                let http = http.clone();
+                let url = url.clone();
+                async move {
+                    let resp = http.get(&url).send().await?;
+                    anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
+                    Ok(())
+                }
+            },
+        )
         .await?;
         Ok(Operator {
             child,
@@ -264,5 +300,8 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
 
 /// Labels as a map (for readability at call sites).
 pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }

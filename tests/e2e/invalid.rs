@@ -5,16 +5,30 @@ use crate::env::Cluster;
 use anyhow::Result;
 
 fn policy(spec: &str) -> String {
-    format!("apiVersion: imds-operator.io/v1alpha1\nkind: InstanceMetadataPolicy\nmetadata:\n  name: bad\nspec:\n{spec}")
+    format!(
+        "apiVersion: imds-operator.io/v1alpha1\nkind: InstanceMetadataPolicy\nmetadata:\n  name: bad\nspec:\n{spec}"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_policies_are_rejected_with_a_useful_message() -> Result<()> {
     let cluster = Cluster::start().await?;
     let cases: Vec<(&str, String, &str)> = vec![
-        ("no options at all", policy("  nodeSelector: {}\n  metadataOptions: {}\n"), "set at least one of httpTokens"),
-        ("metadataOptions missing", policy("  nodeSelector: {}\n"), "spec.metadataOptions: Required value"),
-        ("nodeSelector missing", policy("  metadataOptions: {httpTokens: required}\n"), "spec.nodeSelector: Required value"),
+        (
+            "no options at all",
+            policy("  nodeSelector: {}\n  metadataOptions: {}\n"),
+            "set at least one of httpTokens",
+        ),
+        (
+            "metadataOptions missing",
+            policy("  nodeSelector: {}\n"),
+            "spec.metadataOptions: Required value",
+        ),
+        (
+            "nodeSelector missing",
+            policy("  metadataOptions: {httpTokens: required}\n"),
+            "spec.nodeSelector: Required value",
+        ),
         (
             "unknown httpTokens",
             policy("  nodeSelector: {}\n  metadataOptions: {httpTokens: always}\n"),
@@ -37,12 +51,16 @@ async fn invalid_policies_are_rejected_with_a_useful_message() -> Result<()> {
         ),
         (
             "tags on while the endpoint is off",
-            policy("  nodeSelector: {}\n  metadataOptions: {httpEndpoint: disabled, instanceMetadataTags: enabled}\n"),
+            policy(
+                "  nodeSelector: {}\n  metadataOptions: {httpEndpoint: disabled, instanceMetadataTags: enabled}\n",
+            ),
             "cannot be enabled while httpEndpoint is disabled",
         ),
         (
             "unknown mode",
-            policy("  mode: Enforcing\n  nodeSelector: {}\n  metadataOptions: {httpTokens: required}\n"),
+            policy(
+                "  mode: Enforcing\n  nodeSelector: {}\n  metadataOptions: {httpTokens: required}\n",
+            ),
             "spec.mode: Unsupported value: \"Enforcing\"",
         ),
         (
@@ -54,7 +72,9 @@ async fn invalid_policies_are_rejected_with_a_useful_message() -> Result<()> {
         ),
         (
             "In without values",
-            policy("  nodeSelector:\n    matchExpressions: [{key: pool, operator: In}]\n  metadataOptions: {httpTokens: required}\n"),
+            policy(
+                "  nodeSelector:\n    matchExpressions: [{key: pool, operator: In}]\n  metadataOptions: {httpTokens: required}\n",
+            ),
             "In and NotIn need at least one value",
         ),
         (
@@ -82,7 +102,12 @@ async fn invalid_policies_are_rejected_with_a_useful_message() -> Result<()> {
         let path = entry?.path();
         let yaml = std::fs::read_to_string(&path)?;
         let out = cluster.kubectl_apply(&yaml)?;
-        assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

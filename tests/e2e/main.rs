@@ -8,4 +8,3 @@ mod support;
 mod env;
 mod invalid;
 mod moto_scenarios;
-
