@@ -195,8 +195,15 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// The operator binary: cargo's for tests; next to the running example otherwise.
     pub fn binary() -> PathBuf {
-        PathBuf::from(env!("CARGO_BIN_EXE_imds-operator"))
+        if let Some(path) = option_env!("CARGO_BIN_EXE_imds-operator") {
+            return PathBuf::from(path);
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("imds-operator")))
+            .unwrap_or_else(|| PathBuf::from("imds-operator"))
     }
 
     /// Starts `imds-operator run` with the admin kubeconfig (or `kubeconfig`), the AWS
