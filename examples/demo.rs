@@ -39,9 +39,7 @@ async fn table(ec2: &aws_sdk_ec2::Client, nodes: &[(String, String)]) -> Result<
             .iter()
             .flat_map(|r| r.instances())
             .find_map(|i| i.metadata_options().cloned())
-            .unwrap_or_else(|| {
-                aws_sdk_ec2::types::InstanceMetadataOptionsResponse::builder().build()
-            });
+            .unwrap_or_else(|| aws_sdk_ec2::types::InstanceMetadataOptionsResponse::builder().build());
         out.push_str(&format!(
             "  {:<27} {:<21} {:<11} {:<9} {}\n",
             node,
@@ -70,9 +68,7 @@ async fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    println!(
-        "==> creating 5 instances that allow IMDSv1 (httpTokens=optional, hop limit 1) and their nodes"
-    );
+    println!("==> creating 5 instances that allow IMDSv1 (httpTokens=optional, hop limit 1) and their nodes");
     let ids = moto
         .run_instances(5, &[("kubernetes.io/cluster/demo", "owned")])
         .await?;
@@ -105,18 +101,12 @@ async fn main() -> Result<()> {
         async move {
             let p = api.get("require-imdsv2").await?;
             let ready = p.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
                     && s.conditions
                         .iter()
                         .any(|c| c.type_ == "Reconciling" && c.status == "False")
             });
-            Ok(if ready {
-                Ok(())
-            } else {
-                Err(format!("{:?}", p.status))
-            })
+            Ok(if ready { Ok(()) } else { Err(format!("{:?}", p.status)) })
         }
     })
     .await?;
@@ -128,23 +118,13 @@ async fn main() -> Result<()> {
     println!("$ kubectl get imp\n{}", cluster.kubectl(&["get", "imp"])?);
     println!(
         "$ kubectl get events -n default --field-selector reason=Modified\n{}",
-        cluster.kubectl(&[
-            "get",
-            "events",
-            "-n",
-            "default",
-            "--field-selector",
-            "reason=Modified"
-        ])?
+        cluster.kubectl(&["get", "events", "-n", "default", "--field-selector", "reason=Modified"])?
     );
     operator.ensure_running()?;
 
     if keep {
         println!("==> left running. In another shell:");
-        println!(
-            "    export KUBECONFIG={}",
-            cluster.cp.kubeconfig_path().display()
-        );
+        println!("    export KUBECONFIG={}", cluster.cp.kubeconfig_path().display());
         println!("    export PATH={}:$PATH", cluster.cp.bin_dir().display());
         println!("    kubectl get imp -o yaml; kubectl describe imp require-imdsv2");
         println!(

@@ -4,6 +4,7 @@
 //! Every field's doc comment becomes its `kubectl explain` text.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,12 @@ const AT_LEAST_ONE_OPTION: &str = "has(self.httpTokens) || has(self.httpPutRespo
 
 /// Turning features on while the endpoint is off makes no sense.
 const ENDPOINT_DISABLED_COMBINATION: &str = "!has(self.httpEndpoint) || self.httpEndpoint != 'disabled' || ((!has(self.instanceMetadataTags) || self.instanceMetadataTags != 'enabled') && (!has(self.httpProtocolIPv6) || self.httpProtocolIPv6 != 'enabled'))";
+
+/// Disabling the endpoint needs an explicit acknowledgement.
+const ENDPOINT_DISABLED_ACK: &str = "!has(self.metadataOptions.httpEndpoint) || self.metadataOptions.httpEndpoint != 'disabled' || (has(self.guards) && has(self.guards.allowEndpointDisabled) && self.guards.allowEndpointDisabled)";
+
+/// maxInFlight is a positive count or a percentage 1–100.
+const MAX_IN_FLIGHT: &str = "!has(self.rollout) || !has(self.rollout.maxInFlight) || (type(self.rollout.maxInFlight) == int ? self.rollout.maxInFlight > 0 : self.rollout.maxInFlight.matches('^(100|[1-9][0-9]?)%$'))";
 
 /// Label selector operators the API accepts.
 const SELECTOR_OPERATORS: &str = "!has(self.nodeSelector.matchExpressions) || self.nodeSelector.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])";
@@ -43,34 +50,20 @@ const SELECTOR_VALUES: &str = "!has(self.nodeSelector.matchExpressions) || self.
     status = "InstanceMetadataPolicyStatus",
     doc = "Declares the EC2 instance metadata (IMDS) options that the instances of the selected nodes must have.",
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
-    printcolumn(
-        name = "Matched",
-        type_ = "integer",
-        json_path = ".status.matchedNodes"
-    ),
-    printcolumn(
-        name = "Compliant",
-        type_ = "integer",
-        json_path = ".status.compliantNodes"
-    ),
-    printcolumn(
-        name = "Drifted",
-        type_ = "integer",
-        json_path = ".status.driftedNodes"
-    ),
+    printcolumn(name = "Matched", type_ = "integer", json_path = ".status.matchedNodes"),
+    printcolumn(name = "Compliant", type_ = "integer", json_path = ".status.compliantNodes"),
+    printcolumn(name = "Drifted", type_ = "integer", json_path = ".status.driftedNodes"),
     printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
+    validation = Rule::new(ENDPOINT_DISABLED_ACK).message("httpEndpoint: disabled breaks everything on the node that reads instance metadata; set spec.guards.allowEndpointDisabled: true to confirm"),
+    validation = Rule::new(MAX_IN_FLIGHT).message("rollout.maxInFlight must be a positive count or a percentage from 1% to 100%"),
     validation = Rule::new(SELECTOR_OPERATORS).message("nodeSelector.matchExpressions[].operator must be In, NotIn, Exists or DoesNotExist"),
     validation = Rule::new(SELECTOR_VALUES).message("nodeSelector.matchExpressions[]: In and NotIn need at least one value; Exists and DoesNotExist take none")
 )]
@@ -95,6 +88,135 @@ pub struct InstanceMetadataPolicySpec {
     /// both policies report it. Default 0.
     #[serde(default)]
     pub priority: i32,
+
+    /// Safety checks before an instance is changed.
+    #[serde(default)]
+    pub guards: Guards,
+
+    /// How many instances may be changing at once, and when a rollout halts.
+    #[serde(default)]
+    pub rollout: Rollout,
+
+    /// What happens to the instances when this policy is deleted: `Retain` (default) leaves
+    /// their options as they are; `Restore` puts back the options each instance had before the
+    /// operator first changed it (recorded in the instance tag
+    /// `imds-operator.io/original-options`), as far as no remaining policy decides otherwise.
+    #[serde(default)]
+    pub on_delete: OnDelete,
+}
+
+/// Safety checks before an instance is changed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Guards {
+    /// Before an instance is moved to `httpTokens: required`, read its CloudWatch metric
+    /// `MetadataNoToken` (IMDSv1 calls) over a lookback window. `Block` (default) leaves an
+    /// instance that made IMDSv1 calls alone and reports it (`IMDSv1InUse`); `Warn` changes it
+    /// and reports; `Off` skips the check.
+    #[serde(default)]
+    pub imdsv1_usage: Imdsv1UsageGuard,
+
+    /// Must be `true` for `httpEndpoint: disabled`: turning the endpoint off breaks everything
+    /// on the node that reads instance metadata (kubelet credential providers, the VPC CNI,
+    /// AWS SDKs, the node's own bootstrap).
+    #[serde(default)]
+    pub allow_endpoint_disabled: bool,
+}
+
+/// The IMDSv1-usage guard.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.lookback) >= duration('1h') && duration(self.lookback) <= duration('336h')").message("guards.imdsv1Usage.lookback must be between 1h and 336h (14 days)"))]
+pub struct Imdsv1UsageGuard {
+    /// `Block` (default), `Warn` or `Off`.
+    #[serde(default)]
+    pub mode: GuardMode,
+    /// How far back to look for IMDSv1 calls, as a duration (`24h`, `72h`). Default 24h;
+    /// CloudWatch keeps 5-minute data for 63 days.
+    #[serde(default = "default_lookback")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"))]
+    pub lookback: String,
+}
+
+impl Default for Imdsv1UsageGuard {
+    fn default() -> Self {
+        Imdsv1UsageGuard {
+            mode: GuardMode::Block,
+            lookback: default_lookback(),
+        }
+    }
+}
+
+fn default_lookback() -> String {
+    "24h".to_string()
+}
+
+// What a guard does when it finds a problem.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum GuardMode {
+    /// Leave the instance alone and report it.
+    #[default]
+    Block,
+    /// Change the instance and report.
+    Warn,
+    /// Do not check.
+    Off,
+}
+
+/// Staged rollout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// How many selected instances may be changing at once: a count (`5`) or a percentage of
+    /// the selected nodes (`"25%"`, rounded up, at least 1). An instance is changing from the
+    /// modify request until EC2 reports it `applied` and `settleSeconds` have passed.
+    /// Default `"25%"`.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: IntOrString,
+    /// Seconds a modified instance still counts as changing after EC2 applied the change, so
+    /// that a node that breaks has time to turn NotReady before the next batch. Default 30.
+    #[serde(default = "default_settle_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub settle_seconds: i32,
+    /// If a node this policy modified turns NotReady within this many seconds of the change,
+    /// the rollout halts (`Stalled`, reason `RolloutHalted`) until a person resumes it by
+    /// setting the annotation `imds-operator.io/resume-rollout` to a new value, or changes the
+    /// spec. Default 600; 0 turns halting off.
+    #[serde(default = "default_halt_window")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub halt_on_not_ready_within_seconds: i32,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            max_in_flight: default_max_in_flight(),
+            settle_seconds: default_settle_seconds(),
+            halt_on_not_ready_within_seconds: default_halt_window(),
+        }
+    }
+}
+
+fn default_max_in_flight() -> IntOrString {
+    IntOrString::String("25%".to_string())
+}
+
+fn default_settle_seconds() -> i32 {
+    30
+}
+
+fn default_halt_window() -> i32 {
+    600
+}
+
+// What happens to instances when the policy is deleted.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OnDelete {
+    /// Leave the instances' options as they are.
+    #[default]
+    Retain,
+    /// Restore the options recorded before the operator first changed each instance.
+    Restore,
 }
 
 /// The five instance metadata options of an EC2 instance. Each is optional: an omitted option is
@@ -124,11 +246,7 @@ pub struct MetadataOptions {
 
     /// `enabled` or `disabled`: whether the IPv6 endpoint of the metadata service is on (Nitro
     /// instances only).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "httpProtocolIPv6"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "httpProtocolIPv6")]
     pub http_protocol_ipv6: Option<Toggle>,
 
     /// `enabled` or `disabled`: whether instance tags are readable from instance metadata. EC2
@@ -350,10 +468,7 @@ mod tests {
             crd["spec"]["names"]["shortNames"],
             serde_json::json!(["imp", "imdspolicy"])
         );
-        assert_eq!(
-            crd["spec"]["names"]["categories"],
-            serde_json::json!(["imds"])
-        );
+        assert_eq!(crd["spec"]["names"]["categories"], serde_json::json!(["imds"]));
         assert!(crd["spec"]["versions"][0]["subresources"]["status"].is_object());
     }
 

@@ -26,12 +26,7 @@ pub struct InstanceCache {
 impl InstanceCache {
     /// The instances among `ids` that must be (re-)read: never read, read more than `max_age`
     /// ago, failed, or with a change pending.
-    pub fn stale<'a>(
-        &self,
-        ids: impl IntoIterator<Item = &'a String>,
-        now: Instant,
-        max_age: Duration,
-    ) -> Vec<String> {
+    pub fn stale<'a>(&self, ids: impl IntoIterator<Item = &'a String>, now: Instant, max_age: Duration) -> Vec<String> {
         ids.into_iter()
             .filter(|id| match self.entries.get(*id) {
                 None => true,
@@ -49,13 +44,7 @@ impl InstanceCache {
     }
 
     /// Records an observation.
-    pub fn observe(
-        &mut self,
-        id: &str,
-        observation: Observation,
-        tag_keys: Vec<String>,
-        now: Instant,
-    ) {
+    pub fn observe(&mut self, id: &str, observation: Observation, tag_keys: Vec<String>, now: Instant) {
         self.entries.insert(
             id.to_string(),
             Entry {
@@ -67,16 +56,9 @@ impl InstanceCache {
     }
 
     /// The observations of `ids` that are known.
-    pub fn observations<'a>(
-        &self,
-        ids: impl IntoIterator<Item = &'a String>,
-    ) -> HashMap<String, Observation> {
+    pub fn observations<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> HashMap<String, Observation> {
         ids.into_iter()
-            .filter_map(|id| {
-                self.entries
-                    .get(id)
-                    .map(|e| (id.clone(), e.observation.clone()))
-            })
+            .filter_map(|id| self.entries.get(id).map(|e| (id.clone(), e.observation.clone())))
             .collect()
     }
 
@@ -136,12 +118,7 @@ mod tests {
             .collect();
         cache.observe("fresh", found(ApplyState::Applied), vec![], t0);
         cache.observe("pending", found(ApplyState::Pending), vec![], t0);
-        cache.observe(
-            "old",
-            found(ApplyState::Applied),
-            vec![],
-            t0 - Duration::from_secs(61),
-        );
+        cache.observe("old", found(ApplyState::Applied), vec![], t0 - Duration::from_secs(61));
         cache.observe(
             "failed",
             Observation::Failed(Failure {

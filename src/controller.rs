@@ -20,12 +20,7 @@ use std::time::Duration;
 
 /// The Node reflector: a stripped store and the stream of Nodes whose relevant parts changed
 /// (or that were deleted). The stream must be polled for the store to fill.
-pub fn node_reflector(
-    client: kube::Client,
-) -> (
-    Store<Node>,
-    impl Stream<Item = (Node, bool)> + Send + 'static,
-) {
+pub fn node_reflector(client: kube::Client) -> (Store<Node>, impl Stream<Item = (Node, bool)> + Send + 'static) {
     let (reader, writer) = reflector::store();
     let api: Api<Node> = Api::all(client);
     let mut seen: HashMap<String, u64> = HashMap::new();

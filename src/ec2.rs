@@ -9,8 +9,7 @@ use crate::ratelimit::RateLimiter;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
     Filter, HttpTokensState, InstanceMetadataEndpointState, InstanceMetadataOptionsResponse,
-    InstanceMetadataOptionsState, InstanceMetadataProtocolState, InstanceMetadataTagsState,
-    InstanceStateName,
+    InstanceMetadataOptionsState, InstanceMetadataProtocolState, InstanceMetadataTagsState, InstanceStateName,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -133,6 +132,10 @@ where
     }
 }
 
+/// The instance tag in which the operator records an instance's options before it first
+/// changes them (read back by restore-on-delete).
+pub const ORIGINAL_OPTIONS_TAG: &str = "imds-operator.io/original-options";
+
 /// What DescribeInstances says of one instance, beyond the options.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct InstanceFacts {
@@ -140,6 +143,19 @@ pub struct InstanceFacts {
     pub options: ObservedOptions,
     /// The instance's tag keys.
     pub tag_keys: Vec<String>,
+    /// The value of [`ORIGINAL_OPTIONS_TAG`], when the instance has it.
+    pub original_options: Option<String>,
+}
+
+/// One instance as read by [`Ec2::describe_instances`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Described {
+    /// Found, not found, or the batch's error.
+    pub observation: Observation,
+    /// Tag keys (empty unless found).
+    pub tag_keys: Vec<String>,
+    /// The recorded original options, if any.
+    pub original_options: Option<String>,
 }
 
 /// Converts EC2's metadata options.
@@ -198,14 +214,8 @@ impl Ec2 {
     pub fn new(client: aws_sdk_ec2::Client, limits: RateLimits, metrics: Arc<Metrics>) -> Ec2 {
         Ec2 {
             client,
-            describe_limit: Arc::new(RateLimiter::new(
-                limits.describe_burst,
-                limits.describe_per_second,
-            )),
-            modify_limit: Arc::new(RateLimiter::new(
-                limits.modify_burst,
-                limits.modify_per_second,
-            )),
+            describe_limit: Arc::new(RateLimiter::new(limits.describe_burst, limits.describe_per_second)),
+            modify_limit: Arc::new(RateLimiter::new(limits.modify_burst, limits.modify_per_second)),
             metrics,
         }
     }
@@ -225,10 +235,16 @@ impl Ec2 {
     /// Reads the instances, at most [`DESCRIBE_BATCH`] IDs per `instance-id` filter, paginated:
     /// ⌈N/200⌉ calls for N instances (plus one per extra page). Every requested ID gets an
     /// observation: found, not found (absent or terminated), or the batch's error.
-    pub async fn describe(
-        &self,
-        instance_ids: &[String],
-    ) -> HashMap<String, (Observation, Vec<String>)> {
+    pub async fn describe(&self, instance_ids: &[String]) -> HashMap<String, (Observation, Vec<String>)> {
+        self.describe_instances(instance_ids)
+            .await
+            .into_iter()
+            .map(|(id, d)| (id, (d.observation, d.tag_keys)))
+            .collect()
+    }
+
+    /// Like [`Ec2::describe`], with the recorded original options.
+    pub async fn describe_instances(&self, instance_ids: &[String]) -> HashMap<String, Described> {
         let mut out = HashMap::with_capacity(instance_ids.len());
         let mut ids: Vec<String> = instance_ids.to_vec();
         ids.sort();
@@ -238,11 +254,16 @@ impl Ec2 {
                 Ok(found) => {
                     for id in chunk {
                         let entry = match found.get(id) {
-                            Some(facts) => (
-                                Observation::Found(facts.options.clone()),
-                                facts.tag_keys.clone(),
-                            ),
-                            None => (Observation::NotFound, Vec::new()),
+                            Some(facts) => Described {
+                                observation: Observation::Found(facts.options.clone()),
+                                tag_keys: facts.tag_keys.clone(),
+                                original_options: facts.original_options.clone(),
+                            },
+                            None => Described {
+                                observation: Observation::NotFound,
+                                tag_keys: Vec::new(),
+                                original_options: None,
+                            },
                         };
                         out.insert(id.clone(), entry);
                     }
@@ -250,10 +271,12 @@ impl Ec2 {
                 Err(err) => {
                     let failure = err.to_failure();
                     for id in chunk {
-                        out.insert(
-                            id.clone(),
-                            (Observation::Failed(failure.clone()), Vec::new()),
-                        );
+                        let described = Described {
+                            observation: Observation::Failed(failure.clone()),
+                            tag_keys: Vec::new(),
+                            original_options: None,
+                        };
+                        out.insert(id.clone(), described);
                     }
                 }
             }
@@ -261,10 +284,7 @@ impl Ec2 {
         out
     }
 
-    async fn describe_chunk(
-        &self,
-        chunk: &[String],
-    ) -> Result<HashMap<String, InstanceFacts>, Ec2Error> {
+    async fn describe_chunk(&self, chunk: &[String]) -> Result<HashMap<String, InstanceFacts>, Ec2Error> {
         let mut found = HashMap::new();
         let mut next_token: Option<String> = None;
         loop {
@@ -298,6 +318,11 @@ impl Ec2 {
                 if gone {
                     continue;
                 }
+                let original_options = instance
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == Some(ORIGINAL_OPTIONS_TAG))
+                    .and_then(|t| t.value().map(String::from));
                 found.insert(
                     id.to_string(),
                     InstanceFacts {
@@ -307,6 +332,7 @@ impl Ec2 {
                             .iter()
                             .filter_map(|t| t.key().map(String::from))
                             .collect(),
+                        original_options,
                     },
                 );
             }
@@ -333,15 +359,9 @@ impl Ec2 {
             .instance_id(instance_id)
             .http_tokens(HttpTokensState::from(options.http_tokens.as_str()))
             .http_put_response_hop_limit(options.hop_limit)
-            .http_endpoint(InstanceMetadataEndpointState::from(
-                options.http_endpoint.as_str(),
-            ))
-            .http_protocol_ipv6(InstanceMetadataProtocolState::from(
-                options.http_protocol_ipv6.as_str(),
-            ))
-            .instance_metadata_tags(InstanceMetadataTagsState::from(
-                options.instance_metadata_tags.as_str(),
-            ))
+            .http_endpoint(InstanceMetadataEndpointState::from(options.http_endpoint.as_str()))
+            .http_protocol_ipv6(InstanceMetadataProtocolState::from(options.http_protocol_ipv6.as_str()))
+            .instance_metadata_tags(InstanceMetadataTagsState::from(options.instance_metadata_tags.as_str()))
             .dry_run(dry_run)
             .send()
             .await
@@ -362,6 +382,45 @@ impl Ec2 {
             observed.state = ApplyState::Pending;
         }
         Ok(observed)
+    }
+}
+
+impl Ec2 {
+    /// Records an instance's options before its first change, in [`ORIGINAL_OPTIONS_TAG`].
+    pub async fn record_original(&self, instance_id: &str, original: &FullOptions) -> Result<(), Ec2Error> {
+        self.modify_limit.acquire().await;
+        let tag = aws_sdk_ec2::types::Tag::builder()
+            .key(ORIGINAL_OPTIONS_TAG)
+            .value(original.to_tag_value())
+            .build();
+        let result = self
+            .client
+            .create_tags()
+            .resources(instance_id)
+            .tags(tag)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| from_sdk("CreateTags", e));
+        self.record("CreateTags", &result);
+        result
+    }
+
+    /// Removes [`ORIGINAL_OPTIONS_TAG`] once nothing needs it any more.
+    pub async fn forget_original(&self, instance_id: &str) -> Result<(), Ec2Error> {
+        self.modify_limit.acquire().await;
+        let tag = aws_sdk_ec2::types::Tag::builder().key(ORIGINAL_OPTIONS_TAG).build();
+        let result = self
+            .client
+            .delete_tags()
+            .resources(instance_id)
+            .tags(tag)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| from_sdk("DeleteTags", e));
+        self.record("DeleteTags", &result);
+        result
     }
 }
 
@@ -398,10 +457,7 @@ mod tests {
         assert_eq!(observed.state, ApplyState::Pending);
         assert_eq!(observed.values.http_tokens, Some(HttpTokens::Required));
         assert_eq!(observed.values.http_put_response_hop_limit, Some(2));
-        assert_eq!(
-            observed.values.http_protocol_ipv6, None,
-            "not reported stays unknown"
-        );
+        assert_eq!(observed.values.http_protocol_ipv6, None, "not reported stays unknown");
     }
 
     #[test]

@@ -333,9 +333,7 @@ fn validate_cluster_name(name: &str) -> Result<(), IamPolicyError> {
         return Err(IamPolicyError::EmptyClusterName);
     }
     if name.len() > MAX_CLUSTER_NAME_LEN {
-        return Err(invalid(&format!(
-            "longer than {MAX_CLUSTER_NAME_LEN} characters"
-        )));
+        return Err(invalid(&format!("longer than {MAX_CLUSTER_NAME_LEN} characters")));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Err(invalid("must start with a letter or digit"));
@@ -354,11 +352,7 @@ fn validate_cluster_name(name: &str) -> Result<(), IamPolicyError> {
 
 fn validate_partition(partition: &str) -> Result<(), IamPolicyError> {
     // aws, aws-cn, aws-us-gov, aws-iso, aws-iso-b, aws-iso-e, aws-iso-f, aws-eusc, ...
-    let is_word = |w: &str| {
-        !w.is_empty()
-            && w.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-    };
+    let is_word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     let mut words = partition.split('-');
     let valid = words.next() == Some("aws") && words.all(is_word);
     if valid {
@@ -390,9 +384,7 @@ fn validate_role_arn(arn: &str, partition: &str) -> Result<(), IamPolicyError> {
         )));
     }
     if service != "iam" || !region.is_empty() {
-        return Err(invalid(
-            "not an IAM ARN (expected arn:<partition>:iam::...)".to_owned(),
-        ));
+        return Err(invalid("not an IAM ARN (expected arn:<partition>:iam::...)".to_owned()));
     }
     if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
         return Err(invalid(format!("account id {account:?} is not 12 digits")));
@@ -400,8 +392,7 @@ fn validate_role_arn(arn: &str, partition: &str) -> Result<(), IamPolicyError> {
     match resource.strip_prefix("role/") {
         Some(name) if !name.is_empty() => Ok(()),
         _ => Err(invalid(
-            "not a role ARN (expected ...:role/<name>; use the role, not an assumed-role session)"
-                .to_owned(),
+            "not a role ARN (expected ...:role/<name>; use the role, not an assumed-role session)".to_owned(),
         )),
     }
 }
@@ -433,10 +424,7 @@ mod tests {
     }
 
     fn sids(doc: &Value) -> Vec<&str> {
-        statements(doc)
-            .iter()
-            .map(|s| s["Sid"].as_str().unwrap())
-            .collect()
+        statements(doc).iter().map(|s| s["Sid"].as_str().unwrap()).collect()
     }
 
     fn statement<'a>(doc: &'a Value, sid: &str) -> &'a Value {
@@ -458,17 +446,10 @@ mod tests {
                 "Sid {sid:?} must be alphanumeric"
             );
             assert!(seen.insert(sid.to_owned()), "duplicate Sid {sid}");
-            assert!(
-                matches!(s["Effect"].as_str(), Some("Allow" | "Deny")),
-                "{s}"
-            );
+            assert!(matches!(s["Effect"].as_str(), Some("Allow" | "Deny")), "{s}");
             let actions = s["Action"].as_array().expect("Action is an array");
             assert!(!actions.is_empty());
-            assert!(
-                actions
-                    .iter()
-                    .all(|a| a.as_str().is_some_and(|a| a.contains(':')))
-            );
+            assert!(actions.iter().all(|a| a.as_str().is_some_and(|a| a.contains(':'))));
             assert!(s["Resource"].is_string() || s["Resource"].is_array(), "{s}");
         }
     }
@@ -495,10 +476,7 @@ mod tests {
     #[test]
     fn modify_and_tagging_are_scoped_to_the_cluster() {
         let doc = operator_policy(&opts("prod"));
-        for sid in [
-            "ModifyClusterInstanceMetadataOptions",
-            "RecordOriginalOptions",
-        ] {
+        for sid in ["ModifyClusterInstanceMetadataOptions", "RecordOriginalOptions"] {
             let s = statement(&doc, sid);
             assert_eq!(s["Resource"], "arn:aws:ec2:*:*:instance/*");
             assert_eq!(
@@ -573,10 +551,7 @@ mod tests {
         assert_eq!(s["Effect"], "Deny");
         assert_eq!(s["Action"], json!(["ec2:RunInstances"]));
         assert_eq!(s["Resource"], "arn:aws:ec2:*:*:instance/*");
-        assert_eq!(
-            s["Condition"]["StringNotEquals"]["ec2:MetadataHttpTokens"],
-            "required"
-        );
+        assert_eq!(s["Condition"]["StringNotEquals"]["ec2:MetadataHttpTokens"], "required");
     }
 
     #[test]
@@ -617,26 +592,13 @@ mod tests {
             ..guarded()
         };
         let guard = launch_guard_policy(&o).unwrap();
-        assert_eq!(
-            sids(&guard),
-            ["RequireImdsv2AtLaunch", "CapHopLimitAtLaunch"]
-        );
+        assert_eq!(sids(&guard), ["RequireImdsv2AtLaunch", "CapHopLimitAtLaunch"]);
     }
 
     #[test]
     fn rejects_bad_cluster_names() {
-        assert!(matches!(
-            render(&opts("")),
-            Err(IamPolicyError::EmptyClusterName)
-        ));
-        for bad in [
-            "-prod",
-            "prod cluster",
-            "prod/x",
-            "prod*",
-            "pröd",
-            &"a".repeat(101),
-        ] {
+        assert!(matches!(render(&opts("")), Err(IamPolicyError::EmptyClusterName)));
+        for bad in ["-prod", "prod cluster", "prod/x", "prod*", "pröd", &"a".repeat(101)] {
             let err = render(&opts(bad)).unwrap_err();
             assert!(
                 matches!(err, IamPolicyError::InvalidClusterName { .. }),
@@ -696,10 +658,7 @@ mod tests {
             max_hop_limit: Some(2),
             ..opts("prod")
         };
-        assert!(matches!(
-            render(&o),
-            Err(IamPolicyError::HopLimitWithoutLaunchGuard)
-        ));
+        assert!(matches!(render(&o), Err(IamPolicyError::HopLimitWithoutLaunchGuard)));
         let o = IamPolicyOptions {
             operator_role_arn: Some(ROLE.to_owned()),
             ..opts("prod")
@@ -758,10 +717,7 @@ mod tests {
         assert!(key("\"Action\"") < key("\"Resource\""));
         // Same content as serde_json's own printer, key order aside.
         let reparsed: Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(
-            serde_json::to_string_pretty(&reparsed).unwrap().len(),
-            out.len()
-        );
+        assert_eq!(serde_json::to_string_pretty(&reparsed).unwrap().len(), out.len());
         assert_eq!(write_empty(json!({})), "{}");
         assert_eq!(write_empty(json!([])), "[]");
     }

@@ -99,13 +99,13 @@ impl Metrics {
             modifications.clone(),
         );
         let policy_nodes = Family::<PolicyStateLabels, Gauge>::default();
-        registry.register("policy_nodes", "Nodes selected by a policy, by state (matched, compliant, drifted, pending, skipped, failed, conflicted)", policy_nodes.clone());
-        let leader = Gauge::default();
         registry.register(
-            "leader",
-            "1 while this replica holds the leader lease",
-            leader.clone(),
+            "policy_nodes",
+            "Nodes selected by a policy, by state (matched, compliant, drifted, pending, skipped, failed, conflicted)",
+            policy_nodes.clone(),
         );
+        let leader = Gauge::default();
+        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
         Metrics {
             registry,
             reconciles,
@@ -123,9 +123,7 @@ impl Metrics {
     /// A finished reconcile.
     pub fn reconciled(&self, result: &str, took: Duration) {
         self.reconciles
-            .get_or_create(&ResultLabels {
-                result: result.into(),
-            })
+            .get_or_create(&ResultLabels { result: result.into() })
             .inc();
         if result == "error" {
             self.reconcile_errors.inc();

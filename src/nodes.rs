@@ -61,10 +61,7 @@ pub fn is_ready(node: &Node) -> bool {
 pub fn relevance_hash(node: &Node) -> u64 {
     let mut h = DefaultHasher::new();
     node.labels().hash(&mut h);
-    node.spec
-        .as_ref()
-        .and_then(|s| s.provider_id.as_ref())
-        .hash(&mut h);
+    node.spec.as_ref().and_then(|s| s.provider_id.as_ref()).hash(&mut h);
     is_ready(node).hash(&mut h);
     h.finish()
 }
@@ -99,11 +96,7 @@ mod tests {
         let mut node = big_node();
         let before = relevance_hash(&node);
         strip(&mut node);
-        assert_eq!(
-            relevance_hash(&node),
-            before,
-            "stripping keeps what matters"
-        );
+        assert_eq!(relevance_hash(&node), before, "stripping keeps what matters");
         assert!(node.metadata.managed_fields.is_none());
         assert!(node.metadata.annotations.is_none());
         let status = node.status.as_ref().expect("status");
@@ -117,18 +110,10 @@ mod tests {
             Some("aws:///us-east-1a/i-0123456789abcdef0")
         );
         assert_eq!(
-            input
-                .labels
-                .get("karpenter.sh/nodepool")
-                .map(String::as_str),
+            input.labels.get("karpenter.sh/nodepool").map(String::as_str),
             Some("general")
         );
-        assert!(
-            node.spec
-                .as_ref()
-                .and_then(|s| s.pod_cidr.as_ref())
-                .is_none()
-        );
+        assert!(node.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_none());
     }
 
     #[test]
@@ -147,10 +132,6 @@ mod tests {
         strip(&mut b);
         assert_eq!(relevance_hash(&a), relevance_hash(&b));
         b.labels_mut().insert("team".into(), "x".into());
-        assert_ne!(
-            relevance_hash(&a),
-            relevance_hash(&b),
-            "a label change matters"
-        );
+        assert_ne!(relevance_hash(&a), relevance_hash(&b), "a label change matters");
     }
 }

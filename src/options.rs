@@ -84,14 +84,10 @@ impl MetadataOptions {
     pub fn set(&mut self, field: Field, value: OptionValue) {
         match (field, value) {
             (Field::HttpTokens, OptionValue::Tokens(t)) => self.http_tokens = Some(t),
-            (Field::HopLimit, OptionValue::HopLimit(h)) => {
-                self.http_put_response_hop_limit = Some(h)
-            }
+            (Field::HopLimit, OptionValue::HopLimit(h)) => self.http_put_response_hop_limit = Some(h),
             (Field::HttpEndpoint, OptionValue::Toggle(t)) => self.http_endpoint = Some(t),
             (Field::HttpProtocolIpv6, OptionValue::Toggle(t)) => self.http_protocol_ipv6 = Some(t),
-            (Field::InstanceMetadataTags, OptionValue::Toggle(t)) => {
-                self.instance_metadata_tags = Some(t)
-            }
+            (Field::InstanceMetadataTags, OptionValue::Toggle(t)) => self.instance_metadata_tags = Some(t),
             _ => {}
         }
     }
@@ -177,16 +173,60 @@ impl FullOptions {
     }
 }
 
+impl FullOptions {
+    /// The compact form stored in an instance tag (at most 256 characters):
+    /// `httpTokens=optional,httpPutResponseHopLimit=1,…`.
+    pub fn to_tag_value(&self) -> String {
+        format!(
+            "httpTokens={},httpPutResponseHopLimit={},httpEndpoint={},httpProtocolIPv6={},instanceMetadataTags={}",
+            self.http_tokens, self.hop_limit, self.http_endpoint, self.http_protocol_ipv6, self.instance_metadata_tags
+        )
+    }
+
+    /// Parses [`FullOptions::to_tag_value`]; `None` when any of the five is missing or invalid.
+    pub fn from_tag_value(value: &str) -> Option<FullOptions> {
+        let mut options = MetadataOptions::default();
+        for pair in value.split(',') {
+            let (key, val) = pair.split_once('=')?;
+            let toggle = || match val {
+                "enabled" => Some(Toggle::Enabled),
+                "disabled" => Some(Toggle::Disabled),
+                _ => None,
+            };
+            match key.trim() {
+                "httpTokens" => {
+                    options.http_tokens = Some(match val {
+                        "required" => HttpTokens::Required,
+                        "optional" => HttpTokens::Optional,
+                        _ => return None,
+                    })
+                }
+                "httpPutResponseHopLimit" => {
+                    let hop: i32 = val.parse().ok()?;
+                    options.http_put_response_hop_limit = Some(hop).filter(|h| (1..=64).contains(h));
+                }
+                "httpEndpoint" => options.http_endpoint = toggle(),
+                "httpProtocolIPv6" => options.http_protocol_ipv6 = toggle(),
+                "instanceMetadataTags" => options.instance_metadata_tags = toggle(),
+                _ => {}
+            }
+        }
+        Some(FullOptions {
+            http_tokens: options.http_tokens?,
+            hop_limit: options.http_put_response_hop_limit?,
+            http_endpoint: options.http_endpoint?,
+            http_protocol_ipv6: options.http_protocol_ipv6?,
+            instance_metadata_tags: options.instance_metadata_tags?,
+        })
+    }
+}
+
 impl fmt::Display for FullOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "httpTokens={} httpPutResponseHopLimit={} httpEndpoint={} httpProtocolIPv6={} instanceMetadataTags={}",
-            self.http_tokens,
-            self.hop_limit,
-            self.http_endpoint,
-            self.http_protocol_ipv6,
-            self.instance_metadata_tags
+            self.http_tokens, self.hop_limit, self.http_endpoint, self.http_protocol_ipv6, self.instance_metadata_tags
         )
     }
 }
@@ -241,6 +281,29 @@ mod tests {
             HttpTokens::Required,
             "observed tokens kept, never weakened"
         );
+    }
+
+    #[test]
+    fn tag_value_round_trip() {
+        let full = FullOptions::merge(
+            &MetadataOptions {
+                http_tokens: Some(HttpTokens::Required),
+                http_put_response_hop_limit: Some(2),
+                ..Default::default()
+            },
+            &MetadataOptions::default(),
+        );
+        let value = full.to_tag_value();
+        assert!(value.len() <= 256);
+        assert_eq!(FullOptions::from_tag_value(&value), Some(full));
+        for bad in [
+            "",
+            "httpTokens=required",
+            "httpTokens=maybe,httpPutResponseHopLimit=1,httpEndpoint=enabled,httpProtocolIPv6=disabled,instanceMetadataTags=disabled",
+            "garbage",
+        ] {
+            assert_eq!(FullOptions::from_tag_value(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

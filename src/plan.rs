@@ -199,9 +199,7 @@ fn plan_node<M: RefusalMemo>(input: &PlanInput<'_, M>, node: &NodeInput) -> Node
     let mut enforced_drift_mine = false;
     for (field, decision) in decisions.iter().filter(|(_, d)| d.involves(me)) {
         match decision {
-            FieldDecision::Decided {
-                value, enforced, ..
-            } => {
+            FieldDecision::Decided { value, enforced, .. } => {
                 let seen = observed.values.get(*field);
                 if seen != Some(*value) {
                     drift.push(FieldDrift {
@@ -213,10 +211,7 @@ fn plan_node<M: RefusalMemo>(input: &PlanInput<'_, M>, node: &NodeInput) -> Node
                 }
             }
             FieldDecision::Conflict { claims } => {
-                let who: Vec<String> = claims
-                    .iter()
-                    .map(|(p, v)| format!("{p} wants {v}"))
-                    .collect();
+                let who: Vec<String> = claims.iter().map(|(p, v)| format!("{p} wants {v}")).collect();
                 conflicts.push(format!("{}: {}", field, who.join(", ")));
             }
         }
@@ -239,8 +234,7 @@ fn plan_node<M: RefusalMemo>(input: &PlanInput<'_, M>, node: &NodeInput) -> Node
         plan.state = NodeState::Drifted;
         plan.reason = crate::api::reason::DRIFTED.into();
         if enforced_drift_mine {
-            let request =
-                FullOptions::merge(&selection::enforced_options(&decisions), &observed.values);
+            let request = FullOptions::merge(&selection::enforced_options(&decisions), &observed.values);
             let unchanged = FullOptions::merge(&Default::default(), &observed.values);
             if request != unchanged || !complete(observed) {
                 match input.refusals.refused(&id, &request) {
@@ -431,22 +425,14 @@ mod tests {
                 ..case("describe failed")
             },
             Case {
-                refusals: [(
-                    ID.to_string(),
-                    (full(HttpTokens::Required, 2), unsupported.clone()),
-                )]
-                .into(),
+                refusals: [(ID.to_string(), (full(HttpTokens::Required, 2), unsupported.clone()))].into(),
                 want_state: NodeState::Failed,
                 want_reason: "UnsupportedOption",
                 want_action: None,
                 ..case("refused request is not re-sent")
             },
             Case {
-                refusals: [(
-                    ID.to_string(),
-                    (full(HttpTokens::Required, 3), unsupported.clone()),
-                )]
-                .into(),
+                refusals: [(ID.to_string(), (full(HttpTokens::Required, 3), unsupported.clone()))].into(),
                 ..case("a different request is sent again")
             },
             Case {
@@ -459,10 +445,7 @@ mod tests {
                 ..case("request carries other policies' enforced options")
             },
             Case {
-                policies: vec![
-                    policy("p", 0, Enforce, hop(3)),
-                    policy("q", 0, Enforce, hop(2)),
-                ],
+                policies: vec![policy("p", 0, Enforce, hop(3)), policy("q", 0, Enforce, hop(2))],
                 want_state: NodeState::Conflict,
                 want_reason: "Conflict",
                 want_action: None,
@@ -470,10 +453,7 @@ mod tests {
                 ..case("conflict: option left alone")
             },
             Case {
-                policies: vec![
-                    policy("p", 0, Enforce, v2_hop2()),
-                    policy("q", 0, Enforce, hop(3)),
-                ],
+                policies: vec![policy("p", 0, Enforce, v2_hop2()), policy("q", 0, Enforce, hop(3))],
                 want_state: NodeState::Conflict,
                 want_reason: "Conflict",
                 want_action: Some(full(HttpTokens::Required, 1)),
@@ -481,10 +461,7 @@ mod tests {
                 ..case("conflict on one option, the others still fixed")
             },
             Case {
-                policies: vec![
-                    policy("p", 0, Enforce, hop(1)),
-                    policy("q", 9, Enforce, hop(2)),
-                ],
+                policies: vec![policy("p", 0, Enforce, hop(1)), policy("q", 9, Enforce, hop(2))],
                 want_state: NodeState::Compliant,
                 want_reason: "Compliant",
                 want_action: None,
@@ -493,11 +470,8 @@ mod tests {
             },
         ];
         for c in cases {
-            let observations: HashMap<String, Observation> = c
-                .observation
-                .into_iter()
-                .map(|o| (ID.to_string(), o))
-                .collect();
+            let observations: HashMap<String, Observation> =
+                c.observation.into_iter().map(|o| (ID.to_string(), o)).collect();
             let input = PlanInput {
                 policy: &c.policies[0],
                 policies: &c.policies,
@@ -510,24 +484,15 @@ mod tests {
             assert_eq!(p.state, c.want_state, "{}: state", c.name);
             assert_eq!(p.reason, c.want_reason, "{}: reason", c.name);
             assert_eq!(p.action, c.want_action, "{}: action", c.name);
-            assert_eq!(
-                p.drift.len(),
-                c.want_drift,
-                "{}: drift {:?}",
-                c.name,
-                p.drift
-            );
+            assert_eq!(p.drift.len(), c.want_drift, "{}: drift {:?}", c.name, p.drift);
         }
     }
 
     #[test]
     fn drift_lists_observed_and_desired() {
         let policies = vec![policy("p", 0, PolicyMode::Enforce, v2_hop2())];
-        let observations: HashMap<String, Observation> = [(
-            ID.to_string(),
-            observed(HttpTokens::Optional, 1, ApplyState::Applied),
-        )]
-        .into();
+        let observations: HashMap<String, Observation> =
+            [(ID.to_string(), observed(HttpTokens::Optional, 1, ApplyState::Applied))].into();
         let refusals = HashMap::new();
         let input = PlanInput {
             policy: &policies[0],
@@ -568,10 +533,7 @@ mod tests {
             observations: &observations,
             refusals: &refusals,
         };
-        let names: Vec<String> = plan(&input, [&a2, &other, &a1])
-            .into_iter()
-            .map(|p| p.node)
-            .collect();
+        let names: Vec<String> = plan(&input, [&a2, &other, &a1]).into_iter().map(|p| p.node).collect();
         assert_eq!(names, vec!["a-node", "b-node"]);
     }
 
@@ -579,12 +541,7 @@ mod tests {
     fn incomplete_observation_is_completed_by_the_request() {
         // moto drops fields after a partial modify; a field the policy does not set is filled
         // with EC2's default rather than left out of the request.
-        let policies = vec![policy(
-            "p",
-            0,
-            PolicyMode::Enforce,
-            tokens(HttpTokens::Required),
-        )];
+        let policies = vec![policy("p", 0, PolicyMode::Enforce, tokens(HttpTokens::Required))];
         let observations: HashMap<String, Observation> = [(
             ID.to_string(),
             Observation::Found(ObservedOptions {

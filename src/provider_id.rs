@@ -61,10 +61,7 @@ impl fmt::Display for InstanceRef {
 pub fn is_instance_id(id: &str) -> bool {
     match id.strip_prefix("i-") {
         Some(hex) => {
-            (hex.len() == 8 || hex.len() == 17)
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            (hex.len() == 8 || hex.len() == 17) && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         }
         None => false,
     }
@@ -129,10 +126,7 @@ mod tests {
                 ok("us-west-2b", "i-0123456789abcdef0"),
             ),
             (Some("aws:///i-1234abcd"), ok("", "i-1234abcd")),
-            (
-                Some(" aws:///eu-west-1c/i-1234abcd "),
-                ok("eu-west-1c", "i-1234abcd"),
-            ),
+            (Some(" aws:///eu-west-1c/i-1234abcd "), ok("eu-west-1c", "i-1234abcd")),
             (None, Err("NoProviderID")),
             (Some(""), Err("NoProviderID")),
             (Some("gce://project/zone/vm"), Err("NotAWS")),
@@ -142,10 +136,7 @@ mod tests {
                 Err("Fargate"),
             ),
             (Some("aws:///"), Err("MalformedProviderID")),
-            (
-                Some("aws:///us-east-1a/not-an-instance"),
-                Err("MalformedProviderID"),
-            ),
+            (Some("aws:///us-east-1a/not-an-instance"), Err("MalformedProviderID")),
             (Some("aws:///us-east-1a/i-XYZ"), Err("MalformedProviderID")),
             (
                 Some("aws:///us-east-1a/i-0123456789ABCDEF0"),

@@ -39,9 +39,7 @@ impl Bucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - self.tokens) / self.refill_per_second,
-            ))
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.refill_per_second))
         }
     }
 
@@ -111,11 +109,7 @@ mod tests {
         let wait = b.try_take(t0).expect_err("empty");
         assert_eq!(wait, Duration::from_millis(500));
         assert!(b.try_take(t0 + Duration::from_millis(500)).is_ok());
-        assert_eq!(
-            b.available(t0 + Duration::from_secs(100)),
-            3,
-            "capped at capacity"
-        );
+        assert_eq!(b.available(t0 + Duration::from_secs(100)), 3, "capped at capacity");
     }
 
     #[test]

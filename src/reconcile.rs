@@ -7,9 +7,7 @@ use crate::context::Context;
 use crate::ec2::Ec2ErrorKind;
 use crate::nodes;
 use crate::options::{ApplyState, FullOptions};
-use crate::plan::{
-    self, Failure, FailureKind, NodeInput, NodePlan, NodeState, Observation, PlanInput,
-};
+use crate::plan::{self, Failure, FailureKind, NodeInput, NodePlan, NodeState, Observation, PlanInput};
 use crate::provider_id;
 use crate::selection::PolicyInput;
 use crate::status::{self, Progress};
@@ -51,10 +49,7 @@ pub enum ReconcileError {
 const PENDING_RECHECK: Duration = Duration::from_secs(5);
 
 /// Reconciles one policy.
-pub async fn reconcile(
-    policy: Arc<InstanceMetadataPolicy>,
-    ctx: Arc<Context>,
-) -> Result<Action, ReconcileError> {
+pub async fn reconcile(policy: Arc<InstanceMetadataPolicy>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let started = std::time::Instant::now();
     let result = reconcile_inner(&policy, &ctx).await;
     let label = match &result {
@@ -65,10 +60,7 @@ pub async fn reconcile(
     result
 }
 
-async fn reconcile_inner(
-    policy: &InstanceMetadataPolicy,
-    ctx: &Context,
-) -> Result<Action, ReconcileError> {
+async fn reconcile_inner(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<Action, ReconcileError> {
     let name = policy.name_any();
     if policy.meta().deletion_timestamp.is_some() {
         ctx.forget_policy(&name);
@@ -141,21 +133,10 @@ async fn reconcile_inner(
             p.message = Some("waiting for the operator's EC2 rate limit".into());
         }
     }
-    let previous = policy
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
+    let previous = policy.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let generation = policy.metadata.generation.unwrap_or_default();
-    let new_status = status::summarize(
-        policy.spec.mode,
-        generation,
-        &plans,
-        &progress,
-        &previous,
-        now,
-    );
+    let new_status = status::summarize(policy.spec.mode, generation, &plans, &progress, &previous, now);
     publish_conflicts(ctx, policy, &plans).await;
     patch_status(ctx, &name, &new_status).await?;
     record_gauges(ctx, &name, &new_status);
@@ -165,11 +146,7 @@ async fn reconcile_inner(
 /// Reads the instances whose cached observation is stale.
 async fn refresh(ctx: &Context, instance_ids: &[String]) {
     let max_age = ctx.config.resync_period.mul_f64(0.9);
-    let stale = ctx
-        .cache
-        .lock()
-        .await
-        .stale(instance_ids, Instant::now(), max_age);
+    let stale = ctx.cache.lock().await.stale(instance_ids, Instant::now(), max_age);
     if stale.is_empty() {
         return;
     }
@@ -204,8 +181,7 @@ async fn apply(
     if wanted.is_empty() {
         return (HashMap::new(), progress);
     }
-    let budget =
-        (ctx.ec2.modify_tokens().await as usize).clamp(1, ctx.config.max_modifies_per_reconcile);
+    let budget = (ctx.ec2.modify_tokens().await as usize).clamp(1, ctx.config.max_modifies_per_reconcile);
     let mut claimed: Vec<Claimed> = Vec::new();
     {
         let mut cache = ctx.cache.lock().await;
@@ -252,10 +228,7 @@ async fn apply(
             Ok(observed) => {
                 progress.modified += 1;
                 let pending = observed.state == ApplyState::Pending;
-                let tag_keys = cache
-                    .tag_keys(&id)
-                    .map(<[String]>::to_vec)
-                    .unwrap_or_default();
+                let tag_keys = cache.tag_keys(&id).map(<[String]>::to_vec).unwrap_or_default();
                 cache.observe(&id, Observation::Found(observed), tag_keys, now);
                 drop(cache);
                 let changes: Vec<String> = drift
@@ -349,10 +322,7 @@ fn truncate(mut s: String, max: usize) -> String {
 }
 
 async fn publish_conflicts(ctx: &Context, policy: &InstanceMetadataPolicy, plans: &[NodePlan]) {
-    let conflicted: Vec<&NodePlan> = plans
-        .iter()
-        .filter(|p| p.state == NodeState::Conflict)
-        .collect();
+    let conflicted: Vec<&NodePlan> = plans.iter().filter(|p| p.state == NodeState::Conflict).collect();
     if let Some(first) = conflicted.first() {
         let note = format!(
             "{} nodes have options that equal-priority policies disagree on; first: {}: {}",
@@ -373,27 +343,19 @@ async fn publish_conflicts(ctx: &Context, policy: &InstanceMetadataPolicy, plans
     }
 }
 
-async fn patch_status(
-    ctx: &Context,
-    name: &str,
-    status: &InstanceMetadataPolicyStatus,
-) -> Result<(), ReconcileError> {
+async fn patch_status(ctx: &Context, name: &str, status: &InstanceMetadataPolicyStatus) -> Result<(), ReconcileError> {
     let api: Api<InstanceMetadataPolicy> = Api::all(ctx.client.clone());
     let patch = serde_json::json!({
         "apiVersion": format!("{}/v1alpha1", crate::api::GROUP),
         "kind": "InstanceMetadataPolicy",
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| ReconcileError::StatusPatch {
-        policy: name.to_string(),
-        source,
-    })?;
+    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|source| ReconcileError::StatusPatch {
+            policy: name.to_string(),
+            source,
+        })?;
     Ok(())
 }
 
@@ -436,11 +398,7 @@ fn next_action(ctx: &Context, name: &str, plans: &[NodePlan], progress: &Progres
 }
 
 /// What the controller does when a reconcile fails as a whole: back off per policy.
-pub fn error_policy(
-    policy: Arc<InstanceMetadataPolicy>,
-    error: &ReconcileError,
-    ctx: Arc<Context>,
-) -> Action {
+pub fn error_policy(policy: Arc<InstanceMetadataPolicy>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     let name = policy.name_any();
     tracing::warn!(policy = %name, %error, "reconcile failed");
     if matches!(error, ReconcileError::InvalidSelector(_)) {

@@ -48,12 +48,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "info", env = "IMDS_OPERATOR_LOG_LEVEL")]
     pub log_level: String,
     /// Log format.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "text",
-        env = "IMDS_OPERATOR_LOG_FORMAT"
-    )]
+    #[arg(long, value_enum, default_value = "text", env = "IMDS_OPERATOR_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Elect a leader through a coordination.k8s.io Lease, so that of several replicas exactly
     /// one writes to EC2 and to status.
@@ -76,12 +71,9 @@ pub struct RunArgs {
 /// Runs until SIGTERM/SIGINT, or until leadership is lost (then exits with an error so the pod
 /// restarts as a standby).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    telemetry::init(&args.log_level, args.log_format)
-        .map_err(|e| anyhow::anyhow!("logging: {e}"))?;
+    telemetry::init(&args.log_level, args.log_format).map_err(|e| anyhow::anyhow!("logging: {e}"))?;
     install_crypto_provider();
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to Kubernetes")?;
+    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
     let version = client
         .apiserver_version()
         .await
@@ -99,14 +91,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ec2 = Ec2::new(aws_sdk_ec2::Client::new(&aws), limits, metrics.clone());
 
     let health = Arc::new(Health::default());
-    server::serve(
-        args.health_addr,
-        args.metrics_addr,
-        health.clone(),
-        metrics.clone(),
-    )
-    .await
-    .context("binding the health and metrics ports")?;
+    server::serve(args.health_addr, args.metrics_addr, health.clone(), metrics.clone())
+        .await
+        .context("binding the health and metrics ports")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -117,21 +104,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let identity = args.identity.clone().unwrap_or_else(random_identity);
     let lease = if args.leader_election {
-        let namespace = args
-            .lease_namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_string());
+        let namespace = args.lease_namespace.clone().unwrap_or_else(|| "default".to_string());
         let duration = args.lease_duration.as_secs().max(2);
         let grace = (duration / 3).max(1);
-        let manager =
-            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-                .with_namespace(namespace.clone())
-                .with_identity(identity.clone())
-                .with_duration(duration)
-                .with_grace(grace)
-                .build()
-                .await
-                .context("creating the lease manager")?;
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(namespace.clone())
+            .with_identity(identity.clone())
+            .with_duration(duration)
+            .with_grace(grace)
+            .build()
+            .await
+            .context("creating the lease manager")?;
         let (leading, task) = manager.watch().await;
         health.set_ready(true);
         tracing::info!(lease = %args.lease_name, %namespace, %identity, "waiting for leadership");

@@ -35,11 +35,10 @@ pub struct InvalidSelector {
 impl PolicyInput {
     /// Reduces a policy object.
     pub fn from_policy(policy: &InstanceMetadataPolicy) -> Result<PolicyInput, InvalidSelector> {
-        let selector =
-            Selector::try_from(policy.spec.node_selector.clone()).map_err(|e| InvalidSelector {
-                name: policy.name_any(),
-                message: e.to_string(),
-            })?;
+        let selector = Selector::try_from(policy.spec.node_selector.clone()).map_err(|e| InvalidSelector {
+            name: policy.name_any(),
+            message: e.to_string(),
+        })?;
         Ok(PolicyInput {
             name: policy.name_any(),
             priority: policy.spec.priority,
@@ -99,10 +98,8 @@ pub fn decide<'a>(selecting: impl IntoIterator<Item = &'a PolicyInput>) -> Decis
         let Some(top) = claims.iter().map(|(p, _)| p.priority).max() else {
             continue;
         };
-        let mut winners: Vec<(&PolicyInput, OptionValue)> = claims
-            .into_iter()
-            .filter(|(p, _)| p.priority == top)
-            .collect();
+        let mut winners: Vec<(&PolicyInput, OptionValue)> =
+            claims.into_iter().filter(|(p, _)| p.priority == top).collect();
         winners.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         let first = winners[0].1;
         let decision = if winners.iter().all(|(_, v)| *v == first) {
@@ -126,9 +123,7 @@ pub fn enforced_options(decisions: &Decisions) -> MetadataOptions {
     let mut options = MetadataOptions::default();
     for (field, decision) in decisions {
         if let FieldDecision::Decided {
-            value,
-            enforced: true,
-            ..
+            value, enforced: true, ..
         } = decision
         {
             options.set(*field, *value);
@@ -142,12 +137,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::api::{HttpTokens, Toggle};
 
-    pub(crate) fn policy(
-        name: &str,
-        priority: i32,
-        mode: PolicyMode,
-        options: MetadataOptions,
-    ) -> PolicyInput {
+    pub(crate) fn policy(name: &str, priority: i32, mode: PolicyMode, options: MetadataOptions) -> PolicyInput {
         PolicyInput {
             name: name.into(),
             priority,
@@ -241,10 +231,7 @@ pub(crate) mod tests {
                 ],
                 want: vec![
                     (Field::HttpTokens, decided(req, &["all"], true)),
-                    (
-                        Field::HopLimit,
-                        decided(OptionValue::HopLimit(2), &["ng"], true),
-                    ),
+                    (Field::HopLimit, decided(OptionValue::HopLimit(2), &["ng"], true)),
                 ],
             },
             Case {
@@ -254,10 +241,7 @@ pub(crate) mod tests {
                     policy("b", 0, Enforce, hop(3)),
                     policy("c", 1, Enforce, hop(2)),
                 ],
-                want: vec![(
-                    Field::HopLimit,
-                    decided(OptionValue::HopLimit(2), &["c"], true),
-                )],
+                want: vec![(Field::HopLimit, decided(OptionValue::HopLimit(2), &["c"], true))],
             },
             Case {
                 name: "no policies",
@@ -305,8 +289,7 @@ pub(crate) mod tests {
     #[test]
     fn selectors_match_labels() {
         let mut p = policy("a", 0, PolicyMode::Enforce, hop(2));
-        let labels: BTreeMap<String, String> =
-            [("karpenter.sh/nodepool".to_string(), "general".to_string())].into();
+        let labels: BTreeMap<String, String> = [("karpenter.sh/nodepool".to_string(), "general".to_string())].into();
         assert!(p.selects(&labels), "empty selector selects every node");
         p.selector = [("karpenter.sh/nodepool", "gpu")].into_iter().collect();
         assert!(!p.selects(&labels));

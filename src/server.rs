@@ -38,9 +38,7 @@ async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str)
     }
 }
 
-async fn metrics(
-    State(metrics): State<Arc<Metrics>>,
-) -> ([(&'static str, &'static str); 1], String) {
+async fn metrics(State(metrics): State<Arc<Metrics>>) -> ([(&'static str, &'static str); 1], String) {
     (
         [(
             "content-type",
@@ -61,9 +59,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(health);
-    let metrics_app = Router::new()
-        .route("/metrics", get(metrics))
-        .with_state(registry);
+    let metrics_app = Router::new().route("/metrics", get(metrics)).with_state(registry);
     let health_listener = tokio::net::TcpListener::bind(health_addr).await?;
     let metrics_listener = tokio::net::TcpListener::bind(metrics_addr).await?;
     tokio::spawn(async move {

@@ -41,10 +41,7 @@ pub fn summarize(
         conditions: Vec::new(),
     };
 
-    let mut listed: Vec<&NodePlan> = plans
-        .iter()
-        .filter(|p| p.state != NodeState::Compliant)
-        .collect();
+    let mut listed: Vec<&NodePlan> = plans.iter().filter(|p| p.state != NodeState::Compliant).collect();
     listed.sort_by(|a, b| (a.state, &a.node).cmp(&(b.state, &b.node)));
     status.non_compliant_nodes = listed
         .into_iter()
@@ -117,10 +114,7 @@ fn conditions(
             format!("{} nodes have changes pending", s.pending_nodes),
         )
     } else {
-        let mut message = format!(
-            "{} of {} nodes compliant",
-            s.compliant_nodes, s.matched_nodes
-        );
+        let mut message = format!("{} of {} nodes compliant", s.compliant_nodes, s.matched_nodes);
         if s.skipped_nodes > 0 {
             message.push_str(&format!(", {} skipped", s.skipped_nodes));
         }
@@ -130,11 +124,7 @@ fn conditions(
     // Judged after applying: a request EC2 answered `applied` is no longer work in flight.
     let reconciling = if progress.deferred > 0 || actionable > 0 {
         let n = progress.deferred.max(actionable);
-        (
-            true,
-            reason::APPLYING,
-            format!("{n} instances still to modify"),
-        )
+        (true, reason::APPLYING, format!("{n} instances still to modify"))
     } else if s.pending_nodes > 0 {
         (
             true,
@@ -180,21 +170,12 @@ fn conditions(
             ),
         )
     } else {
-        (
-            false,
-            reason::NO_BLOCKERS,
-            "nothing needs a person".to_string(),
-        )
+        (false, reason::NO_BLOCKERS, "nothing needs a person".to_string())
     };
 
     vec![
         (condition::READY, ready.0, ready.1, ready.2),
-        (
-            condition::RECONCILING,
-            reconciling.0,
-            reconciling.1,
-            reconciling.2,
-        ),
+        (condition::RECONCILING, reconciling.0, reconciling.1, reconciling.2),
         (condition::STALLED, stalled.0, stalled.1, stalled.2),
     ]
 }
@@ -264,10 +245,7 @@ mod tests {
     }
 
     fn cond<'a>(s: &'a InstanceMetadataPolicyStatus, t: &str) -> &'a Condition {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == t)
-            .expect("condition present")
+        s.conditions.iter().find(|c| c.type_ == t).expect("condition present")
     }
 
     #[test]
@@ -292,22 +270,14 @@ mod tests {
                 mode: PolicyMode::Enforce,
                 plans: vec![plan("a", Compliant), plan("b", Skipped)],
                 progress: none.clone(),
-                want: [
-                    ("True", "Compliant"),
-                    ("False", "Idle"),
-                    ("False", "NoBlockers"),
-                ],
+                want: [("True", "Compliant"), ("False", "Idle"), ("False", "NoBlockers")],
             },
             Case {
                 name: "no nodes",
                 mode: PolicyMode::Enforce,
                 plans: vec![],
                 progress: none.clone(),
-                want: [
-                    ("True", "NoNodesSelected"),
-                    ("False", "Idle"),
-                    ("False", "NoBlockers"),
-                ],
+                want: [("True", "NoNodesSelected"), ("False", "Idle"), ("False", "NoBlockers")],
             },
             Case {
                 name: "pending after modify",
@@ -317,11 +287,7 @@ mod tests {
                     modified: 1,
                     deferred: 0,
                 },
-                want: [
-                    ("False", "Pending"),
-                    ("True", "Pending"),
-                    ("False", "NoBlockers"),
-                ],
+                want: [("False", "Pending"), ("True", "Pending"), ("False", "NoBlockers")],
             },
             Case {
                 name: "modified and applied at once",
@@ -331,22 +297,14 @@ mod tests {
                     modified: 1,
                     deferred: 0,
                 },
-                want: [
-                    ("True", "Compliant"),
-                    ("False", "Idle"),
-                    ("False", "NoBlockers"),
-                ],
+                want: [("True", "Compliant"), ("False", "Idle"), ("False", "NoBlockers")],
             },
             Case {
                 name: "pending only",
                 mode: PolicyMode::Enforce,
                 plans: vec![plan("a", Pending), plan("b", Compliant)],
                 progress: none.clone(),
-                want: [
-                    ("False", "Pending"),
-                    ("True", "Pending"),
-                    ("False", "NoBlockers"),
-                ],
+                want: [("False", "Pending"), ("True", "Pending"), ("False", "NoBlockers")],
             },
             Case {
                 name: "drift waiting for rate limit",
@@ -356,69 +314,42 @@ mod tests {
                     modified: 0,
                     deferred: 1,
                 },
-                want: [
-                    ("False", "Drifted"),
-                    ("True", "Applying"),
-                    ("False", "NoBlockers"),
-                ],
+                want: [("False", "Drifted"), ("True", "Applying"), ("False", "NoBlockers")],
             },
             Case {
                 name: "audit drift stalls",
                 mode: PolicyMode::Audit,
                 plans: vec![plan("a", Drifted)],
                 progress: none.clone(),
-                want: [
-                    ("False", "Drifted"),
-                    ("False", "Idle"),
-                    ("True", "AuditModeDrift"),
-                ],
+                want: [("False", "Drifted"), ("False", "Idle"), ("True", "AuditModeDrift")],
             },
             Case {
                 name: "permission denied stalls",
                 mode: PolicyMode::Enforce,
-                plans: vec![
-                    failed("a", FailureKind::PermissionDenied),
-                    plan("b", Compliant),
-                ],
+                plans: vec![failed("a", FailureKind::PermissionDenied), plan("b", Compliant)],
                 progress: none.clone(),
-                want: [
-                    ("False", "Failed"),
-                    ("False", "Idle"),
-                    ("True", "PermissionDenied"),
-                ],
+                want: [("False", "Failed"), ("False", "Idle"), ("True", "PermissionDenied")],
             },
             Case {
                 name: "unsupported option stalls",
                 mode: PolicyMode::Enforce,
                 plans: vec![failed("a", FailureKind::Unsupported)],
                 progress: none.clone(),
-                want: [
-                    ("False", "Failed"),
-                    ("False", "Idle"),
-                    ("True", "UnsupportedOption"),
-                ],
+                want: [("False", "Failed"), ("False", "Idle"), ("True", "UnsupportedOption")],
             },
             Case {
                 name: "throttled is retried, not stalled",
                 mode: PolicyMode::Enforce,
                 plans: vec![failed("a", FailureKind::Transient)],
                 progress: none.clone(),
-                want: [
-                    ("False", "Failed"),
-                    ("True", "Retrying"),
-                    ("False", "NoBlockers"),
-                ],
+                want: [("False", "Failed"), ("True", "Retrying"), ("False", "NoBlockers")],
             },
             Case {
                 name: "conflict stalls",
                 mode: PolicyMode::Enforce,
                 plans: vec![plan("a", Conflict)],
                 progress: none.clone(),
-                want: [
-                    ("False", "Conflict"),
-                    ("False", "Idle"),
-                    ("True", "Conflict"),
-                ],
+                want: [("False", "Conflict"), ("False", "Idle"), ("True", "Conflict")],
             },
         ];
         for c in cases {
@@ -439,19 +370,10 @@ mod tests {
 
     #[test]
     fn counts_and_bounded_list() {
-        let mut plans: Vec<NodePlan> = (0..30)
-            .map(|i| plan(&format!("n{i:02}"), NodeState::Drifted))
-            .collect();
+        let mut plans: Vec<NodePlan> = (0..30).map(|i| plan(&format!("n{i:02}"), NodeState::Drifted)).collect();
         plans.push(failed("zz", FailureKind::Other));
         plans.push(plan("ok", NodeState::Compliant));
-        let s = summarize(
-            PolicyMode::Enforce,
-            1,
-            &plans,
-            &Progress::default(),
-            &[],
-            at(1),
-        );
+        let s = summarize(PolicyMode::Enforce, 1, &plans, &Progress::default(), &[], at(1));
         assert_eq!(s.matched_nodes, 32);
         assert_eq!(s.drifted_nodes, 30);
         assert_eq!(s.failed_nodes, 1);

@@ -14,9 +14,8 @@ pub enum LogFormat {
 /// Installs the global subscriber. Credentials never reach the logs: the operator logs no
 /// request bodies or headers, and the SDKs' own tracing is kept at `warn`.
 pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
-    let default = format!(
-        "{level},aws_config=warn,aws_smithy_runtime=warn,aws_sdk_ec2=warn,hyper=warn,kube_client=warn"
-    );
+    let default =
+        format!("{level},aws_config=warn,aws_smithy_runtime=warn,aws_sdk_ec2=warn,hyper=warn,kube_client=warn");
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(default))
         .map_err(|e| e.to_string())?;

@@ -86,10 +86,7 @@ impl Cluster {
     pub fn apply(&self, yaml: &str) -> Result<()> {
         let out = self.kubectl_apply(yaml)?;
         if !out.status.success() {
-            bail!(
-                "kubectl apply failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(())
     }
@@ -103,21 +100,11 @@ impl Cluster {
     }
 
     /// Creates a Node with labels and (optionally) a providerID.
-    pub async fn create_node(
-        &self,
-        name: &str,
-        labels: &[(&str, &str)],
-        provider_id: Option<&str>,
-    ) -> Result<()> {
+    pub async fn create_node(&self, name: &str, labels: &[(&str, &str)], provider_id: Option<&str>) -> Result<()> {
         let node = Node {
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
+                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
                 ..Default::default()
             },
             spec: Some(k8s_openapi::api::core::v1::NodeSpec {
@@ -167,13 +154,7 @@ impl Cluster {
             .items
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(policy))
-            .map(|e| {
-                format!(
-                    "{}: {}",
-                    e.reason.unwrap_or_default(),
-                    e.note.unwrap_or_default()
-                )
-            })
+            .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect())
     }
 }
@@ -208,11 +189,7 @@ impl Operator {
 
     /// Starts `imds-operator run` with the admin kubeconfig (or `kubeconfig`), the AWS
     /// environment and extra flags.
-    pub async fn start(
-        cluster: &Cluster,
-        aws_env: &[(String, String)],
-        extra: &[&str],
-    ) -> Result<Operator> {
+    pub async fn start(cluster: &Cluster, aws_env: &[(String, String)], extra: &[&str]) -> Result<Operator> {
         Operator::start_with(
             cluster,
             cluster.cp.kubeconfig_path().to_path_buf(),
@@ -307,8 +284,5 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
 
 /// Labels as a map (for readability at call sites).
 pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }

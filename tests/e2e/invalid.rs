@@ -51,16 +51,12 @@ async fn invalid_policies_are_rejected_with_a_useful_message() -> Result<()> {
         ),
         (
             "tags on while the endpoint is off",
-            policy(
-                "  nodeSelector: {}\n  metadataOptions: {httpEndpoint: disabled, instanceMetadataTags: enabled}\n",
-            ),
+            policy("  nodeSelector: {}\n  metadataOptions: {httpEndpoint: disabled, instanceMetadataTags: enabled}\n"),
             "cannot be enabled while httpEndpoint is disabled",
         ),
         (
             "unknown mode",
-            policy(
-                "  mode: Enforcing\n  nodeSelector: {}\n  metadataOptions: {httpTokens: required}\n",
-            ),
+            policy("  mode: Enforcing\n  nodeSelector: {}\n  metadataOptions: {httpTokens: required}\n"),
             "spec.mode: Unsupported value: \"Enforcing\"",
         ),
         (

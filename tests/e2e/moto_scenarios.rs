@@ -15,9 +15,7 @@ async fn imds(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<(String, i32)> {
         .find_map(|i| i.metadata_options().cloned())
         .ok_or_else(|| anyhow::anyhow!("{id} has no metadata options"))?;
     Ok((
-        opts.http_tokens()
-            .map(|t| t.as_str().to_string())
-            .unwrap_or_default(),
+        opts.http_tokens().map(|t| t.as_str().to_string()).unwrap_or_default(),
         opts.http_put_response_hop_limit().unwrap_or_default(),
     ))
 }
@@ -55,16 +53,10 @@ async fn converges_reports_and_records_events() -> Result<()> {
     let cluster = Cluster::start().await?;
     let moto = Moto::start()?;
     let ec2 = moto.ec2_client().await;
-    let ids = moto
-        .run_instances(3, &[("kubernetes.io/cluster/e2e", "owned")])
-        .await?;
+    let ids = moto.run_instances(3, &[("kubernetes.io/cluster/e2e", "owned")]).await?;
     for (i, id) in ids.iter().enumerate() {
         cluster
-            .create_node(
-                &format!("node-{i}"),
-                &[("pool", "general")],
-                Some(&provider_id(id)),
-            )
+            .create_node(&format!("node-{i}"), &[("pool", "general")], Some(&provider_id(id)))
             .await?;
     }
     cluster.create_node("no-provider-id", &[], None).await?;
@@ -96,23 +88,10 @@ async fn converges_reports_and_records_events() -> Result<()> {
     assert_eq!(status.matched_nodes, 5);
     assert_eq!(status.compliant_nodes, 3);
     assert_eq!(status.skipped_nodes, 2);
-    assert_eq!(
-        status.drifted_nodes + status.failed_nodes + status.pending_nodes,
-        0
-    );
-    assert_eq!(
-        condition(&status, "Reconciling"),
-        ("False".into(), "Idle".into())
-    );
-    assert_eq!(
-        condition(&status, "Stalled"),
-        ("False".into(), "NoBlockers".into())
-    );
-    let reasons: Vec<&str> = status
-        .non_compliant_nodes
-        .iter()
-        .map(|n| n.reason.as_str())
-        .collect();
+    assert_eq!(status.drifted_nodes + status.failed_nodes + status.pending_nodes, 0);
+    assert_eq!(condition(&status, "Reconciling"), ("False".into(), "Idle".into()));
+    assert_eq!(condition(&status, "Stalled"), ("False".into(), "NoBlockers".into()));
+    let reasons: Vec<&str> = status.non_compliant_nodes.iter().map(|n| n.reason.as_str()).collect();
     assert_eq!(reasons, vec!["Fargate", "NoProviderID"]);
 
     // kubectl get shows the fleet at a glance.
@@ -121,18 +100,13 @@ async fn converges_reports_and_records_events() -> Result<()> {
         table.contains("MATCHED") && table.contains("COMPLIANT") && table.contains("READY"),
         "{table}"
     );
-    assert!(
-        table.contains("require-imdsv2   Enforce   5         3"),
-        "{table}"
-    );
+    assert!(table.contains("require-imdsv2   Enforce   5         3"), "{table}");
 
     let events = cluster.events_for("require-imdsv2").await?;
     let modified = events.iter().filter(|e| e.starts_with("Modified:")).count();
     assert_eq!(modified, 3, "one Modified event per instance: {events:?}");
     assert!(
-        events
-            .iter()
-            .any(|e| e.contains("httpTokens optional→required")),
+        events.iter().any(|e| e.contains("httpTokens optional→required")),
         "{events:?}"
     );
 
@@ -196,19 +170,13 @@ spec:
         .await?;
     wait_imds(&ec2, &ids[0], ("required", 2)).await?;
     cluster
-        .wait_status("pool-a", "one compliant node", |_, s| {
-            s.compliant_nodes == 1
-        })
+        .wait_status("pool-a", "one compliant node", |_, s| s.compliant_nodes == 1)
         .await?;
 
     // A providerID that appears later (nodes register before the cloud provider sets it).
+    cluster.create_node("no-id-yet", &[("pool", "a")], None).await?;
     cluster
-        .create_node("no-id-yet", &[("pool", "a")], None)
-        .await?;
-    cluster
-        .wait_status("pool-a", "the new node skipped", |_, s| {
-            s.skipped_nodes == 1
-        })
+        .wait_status("pool-a", "the new node skipped", |_, s| s.skipped_nodes == 1)
         .await?;
     cluster.kubectl(&[
         "patch",
@@ -246,9 +214,7 @@ spec:
     wait_imds(&ec2, &ids[0], ("required", 4)).await?;
     cluster
         .wait_status("pool-b", "generation 2 observed", |p, s| {
-            s.observed_generation == Some(2)
-                && p.metadata.generation == Some(2)
-                && condition(s, "Ready").0 == "True"
+            s.observed_generation == Some(2) && p.metadata.generation == Some(2) && condition(s, "Ready").0 == "True"
         })
         .await?;
 
@@ -272,9 +238,7 @@ async fn out_of_band_change_is_reverted_at_resync() -> Result<()> {
     let moto = Moto::start()?;
     let ec2 = moto.ec2_client().await;
     let ids = moto.run_instances(1, &[]).await?;
-    cluster
-        .create_node("n1", &[], Some(&provider_id(&ids[0])))
-        .await?;
+    cluster.create_node("n1", &[], Some(&provider_id(&ids[0]))).await?;
     let mut operator = Operator::start(
         &cluster,
         &moto.aws_env(),
@@ -308,11 +272,7 @@ async fn audit_mode_reports_and_conflicts_leave_options_alone() -> Result<()> {
         .create_node("audited", &[("team", "audit")], Some(&provider_id(&ids[0])))
         .await?;
     cluster
-        .create_node(
-            "contested",
-            &[("team", "both")],
-            Some(&provider_id(&ids[1])),
-        )
+        .create_node("contested", &[("team", "both")], Some(&provider_id(&ids[1])))
         .await?;
     let mut operator = Operator::start(
         &cluster,
@@ -353,17 +313,10 @@ spec:
         })
         .await?;
     assert_eq!(condition(&audit, "Stalled").1, "AuditModeDrift");
-    assert_eq!(
-        condition(&audit, "Ready"),
-        ("False".into(), "Drifted".into())
-    );
+    assert_eq!(condition(&audit, "Ready"), ("False".into(), "Drifted".into()));
     let drift = &audit.non_compliant_nodes[0].drift[0];
     assert_eq!(
-        (
-            drift.field.as_str(),
-            drift.observed.as_str(),
-            drift.desired.as_str()
-        ),
+        (drift.field.as_str(), drift.observed.as_str(), drift.desired.as_str()),
         ("httpTokens", "optional", "required")
     );
 
@@ -375,10 +328,7 @@ spec:
             .await?;
         assert_eq!(condition(&s, "Ready"), ("False".into(), "Conflict".into()));
         let events = cluster.events_for(name).await?;
-        assert!(
-            events.iter().any(|e| e.starts_with("Conflict:")),
-            "{name}: {events:?}"
-        );
+        assert!(events.iter().any(|e| e.starts_with("Conflict:")), "{name}: {events:?}");
     }
     // hop-two's uncontested option was applied; the contested hop limit was left alone.
     wait_imds(&ec2, &ids[1], ("required", 1)).await?;
