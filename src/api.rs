@@ -364,6 +364,21 @@ pub struct InstanceMetadataPolicyStatus {
     #[serde(default)]
     pub conflicted_nodes: i32,
 
+    /// Selected nodes a guard keeps the operator from changing (IMDSv1 still in use, a tag key
+    /// EC2 refuses with instanceMetadataTags, …).
+    #[serde(default)]
+    pub blocked_nodes: i32,
+
+    /// Set while the staged rollout is halted because a node this policy changed turned
+    /// NotReady. Resume with the annotation `imds-operator.io/resume-rollout` set to a new
+    /// value, or by changing the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_halt: Option<RolloutHalt>,
+
+    /// The value of the `imds-operator.io/resume-rollout` annotation the operator last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resume: Option<String>,
+
     /// Up to 20 selected nodes that are not compliant, with the reason and each drifted option
     /// (observed → desired). Failures and conflicts are listed first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -378,6 +393,26 @@ pub struct InstanceMetadataPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
+
+/// Why a staged rollout halted.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutHalt {
+    /// The node that turned NotReady after the operator changed its instance.
+    pub node: String,
+    /// Its instance.
+    pub instance_id: String,
+    /// When the operator halted the rollout.
+    pub since: Time,
+    /// The policy generation the halt applies to; a spec change resumes the rollout.
+    pub generation: i64,
+}
+
+/// Annotation that resumes a halted rollout when set to a value the operator has not acted on.
+pub const RESUME_ANNOTATION: &str = "imds-operator.io/resume-rollout";
+
+/// Finalizer of policies with `onDelete: Restore`.
+pub const RESTORE_FINALIZER: &str = "imds-operator.io/restore";
 
 /// One node that is not compliant with the policy.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -449,6 +484,10 @@ pub mod reason {
     pub const UNSUPPORTED_OPTION: &str = "UnsupportedOption";
     /// Stalled=False: no blocker.
     pub const NO_BLOCKERS: &str = "NoBlockers";
+    /// Stalled=True / Reconciling=False: a node turned NotReady after its change.
+    pub const ROLLOUT_HALTED: &str = "RolloutHalted";
+    /// Reconciling=True: restoring instances' original options before the policy goes away.
+    pub const RESTORING: &str = "Restoring";
 }
 
 #[cfg(test)]

@@ -12,8 +12,27 @@ use tokio::time::Instant;
 struct Entry {
     observation: Observation,
     tag_keys: Vec<String>,
+    original: Option<String>,
     fetched: Instant,
 }
+
+/// A modification the operator made, kept to watch the node's health afterwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The node.
+    pub node: String,
+    /// When EC2 accepted the request.
+    pub at: Instant,
+    /// Whether the node was Ready then.
+    pub was_ready: bool,
+}
+
+/// How long a CloudWatch answer about IMDSv1 usage is reused.
+const USAGE_TTL: Duration = Duration::from_secs(300);
+/// How long a failed CloudWatch read is reused before trying again.
+const USAGE_ERROR_TTL: Duration = Duration::from_secs(60);
+/// Changes older than this are forgotten (the longest halt window the API allows).
+const CHANGE_MEMORY: Duration = Duration::from_secs(86_400);
 
 /// The shared instance cache.
 #[derive(Debug, Default)]
@@ -21,6 +40,8 @@ pub struct InstanceCache {
     entries: HashMap<String, Entry>,
     refusals: HashMap<String, (FullOptions, Failure)>,
     in_flight: HashSet<String>,
+    usage: HashMap<(String, u64), (Result<f64, String>, Instant)>,
+    changes: HashMap<String, Change>,
 }
 
 impl InstanceCache {
@@ -45,14 +66,83 @@ impl InstanceCache {
 
     /// Records an observation.
     pub fn observe(&mut self, id: &str, observation: Observation, tag_keys: Vec<String>, now: Instant) {
+        let original = self.entries.get(id).and_then(|e| e.original.clone());
         self.entries.insert(
             id.to_string(),
             Entry {
                 observation,
                 tag_keys,
+                original,
                 fetched: now,
             },
         );
+    }
+
+    /// Records what DescribeInstances said, including the original-options tag.
+    pub fn observe_described(&mut self, id: &str, described: crate::ec2::Described, now: Instant) {
+        self.entries.insert(
+            id.to_string(),
+            Entry {
+                observation: described.observation,
+                tag_keys: described.tag_keys,
+                original: described.original_options,
+                fetched: now,
+            },
+        );
+    }
+
+    /// The recorded original options (the instance tag's value), when known.
+    pub fn original(&self, id: &str) -> Option<&str> {
+        self.entries.get(id).and_then(|e| e.original.as_deref())
+    }
+
+    /// Notes that the original options were recorded on the instance.
+    pub fn set_original(&mut self, id: &str, value: String) {
+        if let Some(e) = self.entries.get_mut(id) {
+            e.original = Some(value);
+            if !e.tag_keys.iter().any(|k| k == crate::ec2::ORIGINAL_OPTIONS_TAG) {
+                e.tag_keys.push(crate::ec2::ORIGINAL_OPTIONS_TAG.to_string());
+            }
+        }
+    }
+
+    /// Notes that the original-options tag was removed.
+    pub fn clear_original(&mut self, id: &str) {
+        if let Some(e) = self.entries.get_mut(id) {
+            e.original = None;
+            e.tag_keys.retain(|k| k != crate::ec2::ORIGINAL_OPTIONS_TAG);
+        }
+    }
+
+    /// IMDSv1 usage read from CloudWatch for this lookback, while still fresh.
+    pub fn usage(&self, id: &str, lookback: Duration, now: Instant) -> Option<Result<f64, String>> {
+        let (value, at) = self.usage.get(&(id.to_string(), lookback.as_secs()))?;
+        let ttl = if value.is_ok() { USAGE_TTL } else { USAGE_ERROR_TTL };
+        (now.saturating_duration_since(*at) < ttl).then(|| value.clone())
+    }
+
+    /// Stores IMDSv1 usage.
+    pub fn set_usage(&mut self, id: &str, lookback: Duration, value: Result<f64, String>, now: Instant) {
+        self.usage.insert((id.to_string(), lookback.as_secs()), (value, now));
+    }
+
+    /// Remembers a modification.
+    pub fn record_change(&mut self, id: &str, change: Change) {
+        self.changes
+            .retain(|_, c| change.at.saturating_duration_since(c.at) < CHANGE_MEMORY);
+        self.changes.insert(id.to_string(), change);
+    }
+
+    /// The last modification of an instance, if remembered.
+    pub fn change(&self, id: &str) -> Option<&Change> {
+        self.changes.get(id)
+    }
+
+    /// Forgets modifications (after a person resumed a halted rollout).
+    pub fn forget_changes<'a>(&mut self, ids: impl IntoIterator<Item = &'a String>) {
+        for id in ids {
+            self.changes.remove(id);
+        }
     }
 
     /// The observations of `ids` that are known.
@@ -91,6 +181,8 @@ impl InstanceCache {
     pub fn forget(&mut self, id: &str) {
         self.entries.remove(id);
         self.refusals.remove(id);
+        self.changes.remove(id);
+        self.usage.retain(|(i, _), _| i != id);
     }
 }
 
@@ -132,6 +224,35 @@ mod tests {
         let mut stale = cache.stale(&ids, t0 + Duration::from_secs(1), max_age);
         stale.sort();
         assert_eq!(stale, vec!["failed", "never", "old", "pending"]);
+    }
+
+    #[test]
+    fn usage_expires() {
+        let t0 = Instant::now();
+        let day = Duration::from_secs(86_400);
+        let mut cache = InstanceCache::default();
+        cache.set_usage("i-1", day, Ok(3.0), t0);
+        cache.set_usage("i-2", day, Err("denied".into()), t0);
+        assert_eq!(cache.usage("i-1", day, t0 + Duration::from_secs(10)), Some(Ok(3.0)));
+        assert_eq!(
+            cache.usage("i-1", Duration::from_secs(3600), t0),
+            None,
+            "other lookback"
+        );
+        assert_eq!(cache.usage("i-1", day, t0 + USAGE_TTL), None);
+        assert_eq!(cache.usage("i-2", day, t0 + USAGE_ERROR_TTL), None);
+    }
+
+    #[test]
+    fn original_survives_reobservation() {
+        let t0 = Instant::now();
+        let mut cache = InstanceCache::default();
+        cache.observe("i-1", found(ApplyState::Applied), vec![], t0);
+        cache.set_original("i-1", "x".into());
+        cache.observe("i-1", found(ApplyState::Applied), vec![], t0);
+        assert_eq!(cache.original("i-1"), Some("x"));
+        cache.clear_original("i-1");
+        assert_eq!(cache.original("i-1"), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use crate::api::InstanceMetadataPolicy;
 use crate::cache::InstanceCache;
 use crate::ec2::Ec2;
+use crate::imdsv1_usage::UsageReader;
 use crate::metrics::Metrics;
 use crate::plan::FailureKind;
 use k8s_openapi::api::core::v1::Node;
@@ -42,6 +43,9 @@ pub struct Context {
     pub cache: Mutex<InstanceCache>,
     /// Tunables.
     pub config: ControllerConfig,
+    /// CloudWatch, for the IMDSv1-usage guard.
+    pub imdsv1: UsageReader,
+    preflight: SyncMutex<HashSet<(String, i64)>>,
     membership: SyncMutex<HashMap<String, BTreeSet<String>>>,
     backoff: SyncMutex<HashMap<(String, FailureKind), u32>>,
 }
@@ -56,6 +60,7 @@ impl Context {
         node_store: Store<Node>,
         policy_store: Store<InstanceMetadataPolicy>,
         config: ControllerConfig,
+        imdsv1: UsageReader,
     ) -> Context {
         Context {
             client,
@@ -66,6 +71,8 @@ impl Context {
             policy_store,
             cache: Mutex::new(InstanceCache::default()),
             config,
+            imdsv1,
+            preflight: SyncMutex::default(),
             membership: SyncMutex::default(),
             backoff: SyncMutex::default(),
         }
@@ -92,8 +99,23 @@ impl Context {
             .unwrap_or_default()
     }
 
+    /// Whether the DryRun preflight passed for this policy generation.
+    pub fn preflight_passed(&self, key: &(String, i64)) -> bool {
+        self.preflight.lock().map(|p| p.contains(key)).unwrap_or(false)
+    }
+
+    /// Records a passed preflight.
+    pub fn set_preflight_passed(&self, key: (String, i64)) {
+        if let Ok(mut p) = self.preflight.lock() {
+            p.insert(key);
+        }
+    }
+
     /// Drops everything kept for a deleted policy.
     pub fn forget_policy(&self, policy: &str) {
+        if let Ok(mut p) = self.preflight.lock() {
+            p.retain(|(name, _)| name != policy);
+        }
         if let Ok(mut m) = self.membership.lock() {
             m.remove(policy);
         }

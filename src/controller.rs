@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use kube::runtime::controller::{Config as ControllerRuntimeConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,6 +66,17 @@ fn policies_for_node(ctx: &Context, node: &Node) -> Vec<ObjectRef<InstanceMetada
     names.into_iter().map(|n| ObjectRef::new(&n)).collect()
 }
 
+/// A policy is reconciled when its spec (generation), annotations (rollout resume) or deletion
+/// state change; status writes do not trigger it.
+fn policy_trigger_hash(policy: &InstanceMetadataPolicy) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    policy.meta().generation.hash(&mut h);
+    policy.annotations().hash(&mut h);
+    policy.meta().deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
 /// Drops the cached observation of a deleted node's instance.
 fn forget_instance(ctx: &Arc<Context>, node: &Node) {
     let provider_id = node.spec.as_ref().and_then(|s| s.provider_id.clone());
@@ -87,10 +98,7 @@ pub async fn run(
         .default_backoff()
         .reflect(policy_writer)
         .applied_objects()
-        .predicate_filter(
-            predicates::generation.combine(predicates::annotations),
-            Default::default(),
-        );
+        .predicate_filter(policy_trigger_hash, Default::default());
 
     let (node_reader, node_changes) = node_reflector(client.clone());
     let ctx = ctx_builder(node_reader, policy_reader.clone());

@@ -49,11 +49,17 @@ pub fn to_input(node: &Node) -> NodeInput {
 
 /// Whether the Node's `Ready` condition is True.
 pub fn is_ready(node: &Node) -> bool {
+    readiness(node) == Some(true)
+}
+
+/// The Node's `Ready` condition: `Some(true)` when True, `Some(false)` when False or Unknown,
+/// `None` when the node has no such condition (yet).
+pub fn readiness(node: &Node) -> Option<bool> {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True")
+        .map(|c| c.status == "True")
 }
 
 /// A hash of what matters in a Node: events that leave it unchanged (heartbeats, image lists)

@@ -1,11 +1,12 @@
 //! Planning: a pure function from (policies, nodes, observed instance options) to what each
 //! selected node's state is and which modify request, if any, this policy should send.
 
-use crate::api::{FieldDrift, PolicyMode};
+use crate::api::{FieldDrift, GuardMode, HttpTokens, PolicyMode, Toggle};
 use crate::options::{ApplyState, Field, FullOptions, ObservedOptions};
 use crate::provider_id::{self, SkipReason};
 use crate::selection::{self, FieldDecision, PolicyInput};
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 /// A Node, reduced to what the decisions need.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -85,6 +86,8 @@ pub enum NodeState {
     Failed,
     /// Equal-priority policies disagree on an option this policy sets.
     Conflict,
+    /// A guard keeps the operator from changing the instance (IMDSv1 in use, tag keys…).
+    Blocked,
     /// Options differ from what the policies decide.
     Drifted,
     /// A change is in flight.
@@ -114,6 +117,9 @@ pub struct NodePlan {
     pub action: Option<FullOptions>,
     /// How a failure is handled, when `state` is `Failed`.
     pub failure: Option<FailureKind>,
+    /// The IMDSv1-usage guard needs the instance's `MetadataNoToken` sum over this lookback
+    /// before the request may go out.
+    pub needs_imdsv1_usage: Option<Duration>,
 }
 
 impl NodePlan {
@@ -127,7 +133,15 @@ impl NodePlan {
             drift: Vec::new(),
             action: None,
             failure: None,
+            needs_imdsv1_usage: None,
         }
+    }
+
+    fn block(&mut self, reason: &str, message: String) {
+        self.state = NodeState::Blocked;
+        self.reason = reason.to_string();
+        self.message = Some(message);
+        self.action = None;
     }
 
     /// Marks the plan failed with `failure`.
@@ -140,6 +154,26 @@ impl NodePlan {
     }
 }
 
+/// What the guards know about one instance.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GuardFacts {
+    /// The instance's tag keys.
+    pub tag_keys: Vec<String>,
+    /// `MetadataNoToken` summed over the lookback, or why it could not be read; `None` when not
+    /// read yet.
+    pub imdsv1_calls: Option<Result<f64, String>>,
+}
+
+/// Guard reasons (node reasons and `Stalled` reasons).
+pub mod guard_reason {
+    /// The instance made IMDSv1 calls within the lookback.
+    pub const IMDSV1_IN_USE: &str = "IMDSv1InUse";
+    /// `MetadataNoToken` could not be read.
+    pub const IMDSV1_USAGE_UNKNOWN: &str = "IMDSv1UsageUnknown";
+    /// A tag key contains `/` or a space, which EC2 refuses with `instanceMetadataTags`.
+    pub const TAG_KEY_NOT_ALLOWED: &str = "TagKeyNotAllowed";
+}
+
 /// Everything planning looks at.
 pub struct PlanInput<'a, M: RefusalMemo> {
     /// The policy being reconciled.
@@ -150,6 +184,8 @@ pub struct PlanInput<'a, M: RefusalMemo> {
     pub observations: &'a HashMap<String, Observation>,
     /// Requests EC2 refused for good.
     pub refusals: &'a M,
+    /// Guard facts by instance ID.
+    pub guard_facts: &'a HashMap<String, GuardFacts>,
 }
 
 /// Plans every node `input.policy` selects; nodes it does not select are ignored.
@@ -239,7 +275,10 @@ fn plan_node<M: RefusalMemo>(input: &PlanInput<'_, M>, node: &NodeInput) -> Node
             if request != unchanged || !complete(observed) {
                 match input.refusals.refused(&id, &request) {
                     Some(failure) => plan.fail(failure),
-                    None => plan.action = Some(request),
+                    None => {
+                        plan.action = Some(request);
+                        apply_guards(input, &decisions, observed, &id, &mut plan);
+                    }
                 }
             }
         } else if input.policy.mode == PolicyMode::Audit {
@@ -252,6 +291,102 @@ fn plan_node<M: RefusalMemo>(input: &PlanInput<'_, M>, node: &NodeInput) -> Node
         plan.message = Some(format!("left alone: {}", conflicts.join("; ")));
     }
     plan
+}
+
+/// Checks a planned request against the guards; blocks it, or adds a warning, or asks for the
+/// IMDSv1 usage first.
+fn apply_guards<M: RefusalMemo>(
+    input: &PlanInput<'_, M>,
+    decisions: &selection::Decisions,
+    observed: &ObservedOptions,
+    id: &str,
+    plan: &mut NodePlan,
+) {
+    let Some(request) = plan.action else { return };
+    let facts = input.guard_facts.get(id).cloned().unwrap_or_default();
+
+    if request.instance_metadata_tags == Toggle::Enabled
+        && observed.values.instance_metadata_tags != Some(Toggle::Enabled)
+    {
+        if let Some(key) = facts.tag_keys.iter().find(|k| k.contains('/') || k.contains(' ')) {
+            plan.block(
+                guard_reason::TAG_KEY_NOT_ALLOWED,
+                format!(
+                    "EC2 refuses instanceMetadataTags: enabled on instances with a tag key containing '/' or a space; this instance has {key:?}"
+                ),
+            );
+            return;
+        }
+    }
+
+    if request.http_tokens == HttpTokens::Required && observed.values.http_tokens != Some(HttpTokens::Required) {
+        let (mode, lookback) = imdsv1_guard(input, decisions);
+        if mode == GuardMode::Off {
+            return;
+        }
+        let hours = lookback.as_secs_f64() / 3600.0;
+        match facts.imdsv1_calls {
+            None => {
+                plan.needs_imdsv1_usage = Some(lookback);
+                plan.action = None;
+                plan.message = Some("reading IMDSv1 usage (MetadataNoToken) first".into());
+            }
+            Some(Ok(calls)) if calls > 0.0 => {
+                let message = format!(
+                    "{calls} IMDSv1 calls (CloudWatch MetadataNoToken) in the last {hours}h; move those callers to IMDSv2 first"
+                );
+                if mode == GuardMode::Block {
+                    plan.block(guard_reason::IMDSV1_IN_USE, message);
+                } else {
+                    plan.message = Some(format!("warning: {message}"));
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                if mode == GuardMode::Block {
+                    plan.block(
+                        guard_reason::IMDSV1_USAGE_UNKNOWN,
+                        format!("cannot read MetadataNoToken: {error}"),
+                    );
+                } else {
+                    plan.message = Some(format!("warning: cannot read MetadataNoToken: {error}"));
+                }
+            }
+        }
+    }
+}
+
+/// The IMDSv1 guard that applies to the `httpTokens` decision: the strictest mode among the
+/// policies that own it, and the longest lookback among those that check.
+fn imdsv1_guard<M: RefusalMemo>(input: &PlanInput<'_, M>, decisions: &selection::Decisions) -> (GuardMode, Duration) {
+    let owners: Vec<&PolicyInput> = match decisions.get(&Field::HttpTokens) {
+        Some(FieldDecision::Decided { owners, .. }) => {
+            input.policies.iter().filter(|p| owners.contains(&p.name)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let rank = |m: GuardMode| match m {
+        GuardMode::Block => 2,
+        GuardMode::Warn => 1,
+        GuardMode::Off => 0,
+    };
+    let mode = owners
+        .iter()
+        .map(|p| p.guards.imdsv1_usage.mode)
+        .max_by_key(|m| rank(*m))
+        .unwrap_or(GuardMode::Off);
+    let lookback = owners
+        .iter()
+        .filter(|p| p.guards.imdsv1_usage.mode != GuardMode::Off)
+        .map(|p| parse_lookback(&p.guards.imdsv1_usage.lookback))
+        .max()
+        .unwrap_or(Duration::from_secs(24 * 3600));
+    (mode, lookback)
+}
+
+/// A lookback such as `24h`; the default (24h) when it cannot be parsed.
+pub fn parse_lookback(text: &str) -> Duration {
+    humantime::parse_duration(text).unwrap_or(Duration::from_secs(24 * 3600))
 }
 
 fn complete(observed: &ObservedOptions) -> bool {
@@ -477,6 +612,7 @@ mod tests {
                 policies: &c.policies,
                 observations: &observations,
                 refusals: &c.refusals,
+                guard_facts: &HashMap::new(),
             };
             let plans = plan(&input, [&c.node]);
             assert_eq!(plans.len(), 1, "{}", c.name);
@@ -499,6 +635,7 @@ mod tests {
             policies: &policies,
             observations: &observations,
             refusals: &refusals,
+            guard_facts: &HashMap::new(),
         };
         let plans = plan(&input, [&ec2_node()]);
         let drift: Vec<(&str, &str, &str)> = plans[0]
@@ -532,6 +669,7 @@ mod tests {
             policies: &policies,
             observations: &observations,
             refusals: &refusals,
+            guard_facts: &HashMap::new(),
         };
         let names: Vec<String> = plan(&input, [&a2, &other, &a1]).into_iter().map(|p| p.node).collect();
         assert_eq!(names, vec!["a-node", "b-node"]);
@@ -559,6 +697,7 @@ mod tests {
             policies: &policies,
             observations: &observations,
             refusals: &refusals,
+            guard_facts: &HashMap::new(),
         };
         let plans = plan(&input, [&ec2_node()]);
         assert_eq!(plans[0].action, Some(full(HttpTokens::Required, 1)));

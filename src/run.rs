@@ -89,6 +89,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         modify_burst: args.modify_burst,
     };
     let ec2 = Ec2::new(aws_sdk_ec2::Client::new(&aws), limits, metrics.clone());
+    let imdsv1 = crate::imdsv1_usage::UsageReader::new(aws_sdk_cloudwatch::Client::new(&aws), metrics.clone());
 
     let health = Arc::new(Health::default());
     server::serve(args.health_addr, args.metrics_addr, health.clone(), metrics.clone())
@@ -177,7 +178,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx_client = client.clone();
     let build = move |nodes, policies| {
         Arc::new(Context::new(
-            ctx_client, ec2, metrics, recorder, nodes, policies, config,
+            ctx_client, ec2, metrics, recorder, nodes, policies, config, imdsv1,
         ))
     };
     tracing::info!(resync = ?args.resync_period, "controller starting");

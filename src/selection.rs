@@ -1,7 +1,7 @@
 //! Which policies select a node, and what they want for each option once priorities are applied.
 //! Pure: no IO, and the result never depends on the order the policies are given in.
 
-use crate::api::{InstanceMetadataPolicy, MetadataOptions, PolicyMode};
+use crate::api::{Guards, InstanceMetadataPolicy, MetadataOptions, PolicyMode};
 use crate::options::{Field, OptionValue};
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
@@ -20,6 +20,8 @@ pub struct PolicyInput {
     pub options: MetadataOptions,
     /// `spec.nodeSelector`, parsed.
     pub selector: Selector,
+    /// `spec.guards`.
+    pub guards: Guards,
 }
 
 /// A policy whose node selector cannot be used (the API server's schema normally prevents it).
@@ -45,6 +47,7 @@ impl PolicyInput {
             mode: policy.spec.mode,
             options: policy.spec.metadata_options.clone(),
             selector,
+            guards: policy.spec.guards.clone(),
         })
     }
 
@@ -144,6 +147,13 @@ pub(crate) mod tests {
             mode,
             options,
             selector: Selector::default(),
+            guards: Guards {
+                imdsv1_usage: crate::api::Imdsv1UsageGuard {
+                    mode: crate::api::GuardMode::Off,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
         }
     }
 

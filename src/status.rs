@@ -9,12 +9,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const MAX_LISTED_NODES: usize = 20;
 
 /// Facts about this reconcile that the node plans do not carry.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Progress {
     /// Modify requests sent (and accepted) in this reconcile.
     pub modified: usize,
-    /// Drifted nodes whose request waits for the rate limit or the next reconcile.
+    /// Drifted nodes whose request waits for the rate limit, the rollout or the next reconcile.
     pub deferred: usize,
+    /// The staged rollout is halted.
+    pub halt: Option<crate::api::RolloutHalt>,
+    /// The resume annotation value acted on.
+    pub last_resume: Option<String>,
 }
 
 /// Builds the status of a policy.
@@ -36,6 +40,9 @@ pub fn summarize(
         skipped_nodes: count(NodeState::Skipped),
         failed_nodes: count(NodeState::Failed),
         conflicted_nodes: count(NodeState::Conflict),
+        blocked_nodes: count(NodeState::Blocked),
+        rollout_halt: progress.halt.clone(),
+        last_resume: progress.last_resume.clone(),
         non_compliant_nodes: Vec::new(),
         last_sync_time: Some(now.clone()),
         conditions: Vec::new(),
@@ -79,6 +86,7 @@ fn conditions(
     let transient = failed_with(FailureKind::Transient) + failed_with(FailureKind::Other);
     let actionable = plans.iter().filter(|p| p.action.is_some()).count();
     let audit_drift = mode == PolicyMode::Audit && s.drifted_nodes > 0;
+    let blocked = plans.iter().find(|p| p.state == NodeState::Blocked);
 
     let ready = if s.matched_nodes == 0 {
         (
@@ -101,6 +109,12 @@ fn conditions(
                 s.conflicted_nodes
             ),
         )
+    } else if let Some(b) = blocked {
+        (
+            false,
+            first_static(&b.reason),
+            format!("{} nodes blocked by a guard", s.blocked_nodes),
+        )
     } else if s.drifted_nodes > 0 {
         (
             false,
@@ -122,7 +136,13 @@ fn conditions(
     };
 
     // Judged after applying: a request EC2 answered `applied` is no longer work in flight.
-    let reconciling = if progress.deferred > 0 || actionable > 0 {
+    let reconciling = if let Some(halt) = &progress.halt {
+        (
+            false,
+            reason::ROLLOUT_HALTED,
+            format!("rollout halted at node {}", halt.node),
+        )
+    } else if progress.deferred > 0 || actionable > 0 {
         let n = progress.deferred.max(actionable);
         (true, reason::APPLYING, format!("{n} instances still to modify"))
     } else if s.pending_nodes > 0 {
@@ -147,11 +167,33 @@ fn conditions(
             reason::PERMISSION_DENIED,
             first_message(plans, FailureKind::PermissionDenied),
         )
+    } else if let Some(halt) = &progress.halt {
+        (
+            true,
+            reason::ROLLOUT_HALTED,
+            format!(
+                "node {} ({}) turned NotReady after its change; set annotation {}=<new value> or change the spec to resume",
+                halt.node,
+                halt.instance_id,
+                crate::api::RESUME_ANNOTATION
+            ),
+        )
     } else if unsupported > 0 {
         (
             true,
             reason::UNSUPPORTED_OPTION,
             first_message(plans, FailureKind::Unsupported),
+        )
+    } else if let Some(b) = blocked {
+        (
+            true,
+            first_static(&b.reason),
+            format!(
+                "{} nodes blocked; first: {}: {}",
+                s.blocked_nodes,
+                b.node,
+                b.message.clone().unwrap_or_default()
+            ),
         )
     } else if s.conflicted_nodes > 0 {
         let msg = plans
@@ -178,6 +220,15 @@ fn conditions(
         (condition::RECONCILING, reconciling.0, reconciling.1, reconciling.2),
         (condition::STALLED, stalled.0, stalled.1, stalled.2),
     ]
+}
+
+/// Guard reasons are a closed set; anything else reads as `Blocked`.
+fn first_static(reason: &str) -> &'static str {
+    use crate::plan::guard_reason::*;
+    [IMDSV1_IN_USE, IMDSV1_USAGE_UNKNOWN, TAG_KEY_NOT_ALLOWED]
+        .into_iter()
+        .find(|r| *r == reason)
+        .unwrap_or("Blocked")
 }
 
 fn first_message(plans: &[NodePlan], kind: FailureKind) -> String {
@@ -234,7 +285,15 @@ mod tests {
             drift: vec![],
             action: None,
             failure: None,
+            needs_imdsv1_usage: None,
         }
+    }
+
+    fn blocked(node: &str, reason: &str) -> NodePlan {
+        let mut p = plan(node, NodeState::Blocked);
+        p.reason = reason.into();
+        p.message = Some("guard".into());
+        p
     }
 
     fn failed(node: &str, kind: FailureKind) -> NodePlan {
@@ -285,7 +344,7 @@ mod tests {
                 plans: vec![plan("a", Pending)],
                 progress: Progress {
                     modified: 1,
-                    deferred: 0,
+                    ..Default::default()
                 },
                 want: [("False", "Pending"), ("True", "Pending"), ("False", "NoBlockers")],
             },
@@ -295,7 +354,7 @@ mod tests {
                 plans: vec![plan("a", Compliant)],
                 progress: Progress {
                     modified: 1,
-                    deferred: 0,
+                    ..Default::default()
                 },
                 want: [("True", "Compliant"), ("False", "Idle"), ("False", "NoBlockers")],
             },
@@ -311,8 +370,8 @@ mod tests {
                 mode: PolicyMode::Enforce,
                 plans: vec![drifted_with_action.clone()],
                 progress: Progress {
-                    modified: 0,
                     deferred: 1,
+                    ..Default::default()
                 },
                 want: [("False", "Drifted"), ("True", "Applying"), ("False", "NoBlockers")],
             },
@@ -343,6 +402,33 @@ mod tests {
                 plans: vec![failed("a", FailureKind::Transient)],
                 progress: none.clone(),
                 want: [("False", "Failed"), ("True", "Retrying"), ("False", "NoBlockers")],
+            },
+            Case {
+                name: "guard blocks",
+                mode: PolicyMode::Enforce,
+                plans: vec![blocked("a", "IMDSv1InUse"), plan("b", Compliant)],
+                progress: none.clone(),
+                want: [("False", "IMDSv1InUse"), ("False", "Idle"), ("True", "IMDSv1InUse")],
+            },
+            Case {
+                name: "halted rollout",
+                mode: PolicyMode::Enforce,
+                plans: vec![drifted_with_action.clone()],
+                progress: Progress {
+                    deferred: 1,
+                    halt: Some(crate::api::RolloutHalt {
+                        node: "d".into(),
+                        instance_id: "i-d".into(),
+                        since: at(1),
+                        generation: 3,
+                    }),
+                    ..Default::default()
+                },
+                want: [
+                    ("False", "Drifted"),
+                    ("False", "RolloutHalted"),
+                    ("True", "RolloutHalted"),
+                ],
             },
             Case {
                 name: "conflict stalls",
