@@ -46,6 +46,7 @@ spec:
   metadataOptions:
     httpTokens: required
     httpPutResponseHopLimit: 2
+  rollout: {maxInFlight: "100%", settleSeconds: 0}
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,6 +147,7 @@ apiVersion: imds-operator.io/v1alpha1
 kind: InstanceMetadataPolicy
 metadata: {name: pool-a}
 spec:
+  rollout: {maxInFlight: "100%", settleSeconds: 0}
   nodeSelector: {matchLabels: {pool: a}}
   metadataOptions: {httpTokens: required, httpPutResponseHopLimit: 2}
 ---
@@ -153,6 +155,7 @@ apiVersion: imds-operator.io/v1alpha1
 kind: InstanceMetadataPolicy
 metadata: {name: pool-b}
 spec:
+  rollout: {maxInFlight: "100%", settleSeconds: 0}
   nodeSelector:
     matchExpressions: [{key: pool, operator: In, values: [b]}]
   metadataOptions: {httpTokens: required, httpPutResponseHopLimit: 3}
@@ -294,6 +297,7 @@ apiVersion: imds-operator.io/v1alpha1
 kind: InstanceMetadataPolicy
 metadata: {name: hop-two}
 spec:
+  rollout: {maxInFlight: "100%", settleSeconds: 0}
   priority: 5
   nodeSelector: {matchLabels: {team: both}}
   metadataOptions: {httpPutResponseHopLimit: 2, httpTokens: required}
@@ -302,6 +306,7 @@ apiVersion: imds-operator.io/v1alpha1
 kind: InstanceMetadataPolicy
 metadata: {name: hop-three}
 spec:
+  rollout: {maxInFlight: "100%", settleSeconds: 0}
   priority: 5
   nodeSelector: {matchLabels: {team: both}}
   metadataOptions: {httpPutResponseHopLimit: 3}
