@@ -38,6 +38,8 @@ const SELECTOR_VALUES: &str = "!has(self.nodeSelector.matchExpressions) || self.
 /// The operator maps every selected Node to its EC2 instance through `spec.providerID`, reads the
 /// instance's live metadata options and, in `Enforce` mode, calls
 /// `ModifyInstanceMetadataOptions` where they drifted. Compliance is reported in `status`.
+// kube's derive takes one `printcolumn(...)` per column; clippy reads them as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "imds-operator.io",
@@ -100,7 +102,7 @@ pub struct InstanceMetadataPolicySpec {
     /// What happens to the instances when this policy is deleted: `Retain` (default) leaves
     /// their options as they are; `Restore` puts back the options each instance had before the
     /// operator first changed it (recorded in the instance tag
-    /// `imds-operator.io/original-options`), as far as no remaining policy decides otherwise.
+    /// `imds-operator.io:original-options`), as far as no remaining policy decides otherwise.
     #[serde(default)]
     pub on_delete: OnDelete,
 }

@@ -25,6 +25,26 @@ pub struct ControllerConfig {
     pub max_modifies_per_reconcile: usize,
 }
 
+/// The clients a context talks through.
+pub struct Clients {
+    /// Kubernetes.
+    pub client: kube::Client,
+    /// EC2.
+    pub ec2: Ec2,
+    /// CloudWatch.
+    pub imdsv1: UsageReader,
+    /// Events.
+    pub recorder: Recorder,
+}
+
+/// The reflector stores.
+pub struct Stores {
+    /// Stripped Nodes.
+    pub nodes: Store<Node>,
+    /// Policies.
+    pub policies: Store<InstanceMetadataPolicy>,
+}
+
 /// The shared context.
 pub struct Context {
     /// Kubernetes client.
@@ -52,16 +72,17 @@ pub struct Context {
 
 impl Context {
     /// Builds the context.
-    pub fn new(
-        client: kube::Client,
-        ec2: Ec2,
-        metrics: Arc<Metrics>,
-        recorder: Recorder,
-        node_store: Store<Node>,
-        policy_store: Store<InstanceMetadataPolicy>,
-        config: ControllerConfig,
-        imdsv1: UsageReader,
-    ) -> Context {
+    pub fn new(clients: Clients, stores: Stores, metrics: Arc<Metrics>, config: ControllerConfig) -> Context {
+        let Clients {
+            client,
+            ec2,
+            imdsv1,
+            recorder,
+        } = clients;
+        let Stores {
+            nodes: node_store,
+            policies: policy_store,
+        } = stores;
         Context {
             client,
             ec2,

@@ -6,6 +6,7 @@ use crate::metrics::Metrics;
 use crate::options::{ApplyState, FullOptions, ObservedOptions};
 use crate::plan::{Failure, FailureKind, Observation};
 use crate::ratelimit::RateLimiter;
+use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
     Filter, HttpTokensState, InstanceMetadataEndpointState, InstanceMetadataOptionsResponse,
@@ -91,18 +92,22 @@ pub fn classify(code: &str) -> Ec2ErrorKind {
     }
 }
 
-fn from_sdk<E, R>(operation: &'static str, err: SdkError<E, R>) -> Ec2Error
+fn from_sdk<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> Ec2Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     match &err {
         SdkError::ServiceError(service) => {
             let e = service.err();
             let code = e.code().unwrap_or("Unknown").to_string();
+            let mut kind = classify(&code);
+            // A 5xx whose body carried no error code is still a server error: retry it.
+            if kind == Ec2ErrorKind::Other && service.raw().status().is_server_error() {
+                kind = Ec2ErrorKind::Transient;
+            }
             Ec2Error {
                 operation,
-                kind: classify(&code),
+                kind,
                 message: e.message().unwrap_or_default().to_string(),
                 code,
             }
@@ -133,8 +138,9 @@ where
 }
 
 /// The instance tag in which the operator records an instance's options before it first
-/// changes them (read back by restore-on-delete).
-pub const ORIGINAL_OPTIONS_TAG: &str = "imds-operator.io/original-options";
+/// changes them (read back by restore-on-delete). No `/` or space: EC2 refuses
+/// `instanceMetadataTags: enabled` on instances with such tag keys.
+pub const ORIGINAL_OPTIONS_TAG: &str = "imds-operator.io:original-options";
 
 /// What DescribeInstances says of one instance, beyond the options.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

@@ -24,7 +24,7 @@ pub const POLICY_VERSION: &str = "2012-10-17";
 
 /// Tag in which the operator records an instance's original metadata options before its first
 /// change, so that they can be restored when the policy that changed them is deleted.
-pub const ORIGINAL_OPTIONS_TAG_KEY: &str = "imds-operator.io/original-options";
+pub const ORIGINAL_OPTIONS_TAG_KEY: &str = crate::ec2::ORIGINAL_OPTIONS_TAG;
 
 /// Prefix of the tag that marks an instance as belonging to a Kubernetes cluster
 /// (`kubernetes.io/cluster/<name>`), set by EKS managed node groups, eksctl, Karpenter and kops.

@@ -307,16 +307,15 @@ fn apply_guards<M: RefusalMemo>(
 
     if request.instance_metadata_tags == Toggle::Enabled
         && observed.values.instance_metadata_tags != Some(Toggle::Enabled)
+        && let Some(key) = facts.tag_keys.iter().find(|k| k.contains('/') || k.contains(' '))
     {
-        if let Some(key) = facts.tag_keys.iter().find(|k| k.contains('/') || k.contains(' ')) {
-            plan.block(
-                guard_reason::TAG_KEY_NOT_ALLOWED,
-                format!(
-                    "EC2 refuses instanceMetadataTags: enabled on instances with a tag key containing '/' or a space; this instance has {key:?}"
-                ),
-            );
-            return;
-        }
+        plan.block(
+            guard_reason::TAG_KEY_NOT_ALLOWED,
+            format!(
+                "EC2 refuses instanceMetadataTags: enabled on instances with a tag key containing '/' or a space; this instance has {key:?}"
+            ),
+        );
+        return;
     }
 
     if request.http_tokens == HttpTokens::Required && observed.values.http_tokens != Some(HttpTokens::Required) {

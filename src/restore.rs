@@ -1,6 +1,6 @@
 //! Deleting a policy. `Retain` policies carry no finalizer and simply go; `Restore` policies keep
 //! the finalizer `imds-operator.io/restore` until every instance they selected has the options it
-//! had before the operator first changed it (the instance tag `imds-operator.io/original-options`),
+//! had before the operator first changed it (the instance tag `imds-operator.io:original-options`),
 //! merged under whatever the remaining policies still decide. Instances and nodes that are gone
 //! count as done, so `kubectl delete` never waits on a vanished node.
 

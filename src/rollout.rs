@@ -43,11 +43,11 @@ pub struct RecentChange {
 /// The first node (by name) that was Ready when modified less than `window` ago and is now
 /// NotReady. `is_ready` answers for nodes still in the cluster (`None`: gone, or no Ready
 /// condition at all).
-pub fn halting_node<'a>(
-    recent: &'a [RecentChange],
+pub fn halting_node(
+    recent: &[RecentChange],
     window: Duration,
     is_ready: impl Fn(&str) -> Option<bool>,
-) -> Option<&'a RecentChange> {
+) -> Option<&RecentChange> {
     if window.is_zero() {
         return None;
     }

@@ -80,7 +80,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("reaching the Kubernetes API server")?;
     tracing::info!(server = %version.git_version, "connected to Kubernetes");
 
-    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    // Timeouts keep a hung connection from stalling a reconcile; the SDK's standard retry
+    // (3 attempts, jittered backoff) stays.
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .operation_attempt_timeout(Duration::from_secs(20))
+        .operation_timeout(Duration::from_secs(60))
+        .connect_timeout(Duration::from_secs(5))
+        .build();
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .load()
+        .await;
     let metrics = Arc::new(Metrics::new());
     let limits = RateLimits {
         describe_per_second: args.describe_rate,
@@ -175,11 +185,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             instance: Some(identity.clone()),
         },
     );
-    let ctx_client = client.clone();
+    let clients = crate::context::Clients {
+        client: client.clone(),
+        ec2,
+        imdsv1,
+        recorder,
+    };
     let build = move |nodes, policies| {
-        Arc::new(Context::new(
-            ctx_client, ec2, metrics, recorder, nodes, policies, config, imdsv1,
-        ))
+        let stores = crate::context::Stores { nodes, policies };
+        Arc::new(Context::new(clients, stores, metrics, config))
     };
     tracing::info!(resync = ?args.resync_period, "controller starting");
     crate::controller::run(build, client, shutdown).await;
