@@ -114,7 +114,12 @@ def to_cbor(value, shape):
     if kind == "map" and isinstance(value, dict):
         return {k: to_cbor(v, shape.value) for k, v in value.items()}
     if kind == "timestamp":
-        return to_timestamp(value)
+        # Smithy RPC v2 CBOR: tag 1 around a float (aws-smithy-cbor rejects an integer, which
+        # cbor2 writes for a datetime without microseconds).
+        when = to_timestamp(value)
+        if isinstance(when, datetime.datetime):
+            return cbor2.CBORTag(1, when.timestamp())
+        return when
     if kind == "blob" and isinstance(value, str):
         return base64.b64decode(value)
     if kind in ("double", "float") and isinstance(value, (int, float)):

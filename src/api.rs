@@ -130,7 +130,7 @@ pub struct Guards {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("duration(self.lookback) >= duration('1h') && duration(self.lookback) <= duration('336h')").message("guards.imdsv1Usage.lookback must be between 1h and 336h (14 days)"))]
 pub struct Imdsv1UsageGuard {
-    /// `Block` (default), `Warn` or `Off`.
+    /// `Block` (default), `Warn` or `"Off"` (quote it: unquoted, YAML reads Off as false).
     #[serde(default)]
     pub mode: GuardMode,
     /// How far back to look for IMDSv1 calls, as a duration (`24h`, `72h`). Default 24h;

@@ -107,7 +107,7 @@ pub fn classify(code: &str, http_status: Option<u16>) -> UsageErrorKind {
         | "RequestExpired"
         | "RequestTimeout"
         | "RequestTimeoutException"
-        // What [`UsageReader`] calls transport failures.
+        // What the reader calls transport failures.
         | "Timeout"
         | "DispatchFailure"
         | "ResponseError"
@@ -133,11 +133,11 @@ fn from_sdk(err: SdkError<GetMetricDataError, HttpResponse>) -> UsageError {
             let status = service.raw().status().as_u16();
             match e.code() {
                 Some(code) => UsageError::new(classify(code, Some(status)), code, e.message().unwrap_or_default()),
-                // No code: an answer the SDK could not read. Keep the whole story.
+                // No code: an answer the SDK could not read (the message says why).
                 None => UsageError::new(
                     classify("", Some(status)),
                     "Unknown",
-                    format!("HTTP {status}: {}", DisplayErrorContext(&err)),
+                    format!("HTTP {status}: {}", source_chain(e)),
                 ),
             }
         }
@@ -150,6 +150,19 @@ fn from_sdk(err: SdkError<GetMetricDataError, HttpResponse>) -> UsageError {
             DisplayErrorContext(&err).to_string(),
         ),
     }
+}
+
+/// An error and its sources, `a: b: c` (without the Debug dump of [`DisplayErrorContext`], which
+/// includes the whole raw response).
+fn source_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
 }
 
 fn transport(code: &str, err: &SdkError<GetMetricDataError, HttpResponse>) -> UsageError {
@@ -612,6 +625,18 @@ mod tests {
         assert_eq!(denied.message, "m");
         assert_eq!(service("Whatever", 502).kind, UsageErrorKind::Transient);
         assert_eq!(service("InvalidParameterCombination", 400).kind, UsageErrorKind::Other);
+
+        // An answer the SDK could not read has no code; the message says why, briefly.
+        let raw = HttpResponse::new(200.try_into().expect("a valid status"), SdkBody::from("garbage"));
+        let unreadable = from_sdk(SdkError::service_error(
+            GetMetricDataError::unhandled("unexpected type u32"),
+            raw,
+        ));
+        assert_eq!(
+            (unreadable.kind, unreadable.code.as_str()),
+            (UsageErrorKind::Other, "Unknown")
+        );
+        assert_eq!(unreadable.message, "HTTP 200: unhandled error: unexpected type u32");
 
         let timeout = from_sdk(SdkError::timeout_error("slow"));
         assert_eq!(

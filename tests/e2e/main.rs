@@ -5,6 +5,12 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+#[path = "../ec2_double/mod.rs"]
+#[allow(dead_code)]
+mod ec2_double;
+
 mod env;
 mod invalid;
 mod moto_scenarios;
+mod safety;
+mod shipping;
