@@ -6,7 +6,6 @@
 mod support;
 
 #[path = "../ec2_double/mod.rs"]
-#[allow(dead_code)]
 mod ec2_double;
 
 mod env;
