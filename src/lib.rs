@@ -18,6 +18,7 @@ pub mod plan;
 pub mod provider_id;
 pub mod ratelimit;
 pub mod reconcile;
+pub mod report;
 pub mod restore;
 pub mod rollout;
 pub mod run;

@@ -2,7 +2,7 @@
 //! `InstanceMetadataPolicy` objects declare them.
 
 use clap::{Parser, Subcommand};
-use imds_operator::{api, iam, run};
+use imds_operator::{api, iam, report, run};
 use std::process::ExitCode;
 
 /// Keeps the EC2 Instance Metadata Service (IMDS) options of a cluster's nodes where the
@@ -21,6 +21,10 @@ enum Command {
     Run(run::RunArgs),
     /// Print the InstanceMetadataPolicy CustomResourceDefinition as YAML.
     Crd,
+    /// One-shot report of every node: instance, current options, what the policies want, drift
+    /// and blockers. Needs no installation (kubeconfig + AWS credentials). Exit status: 0 when
+    /// the fleet complies, 1 when it does not, 2 on errors.
+    Report(report::ReportArgs),
     /// Print the IAM policy the operator's role needs (JSON); with --launch-guard also the
     /// launch-time guard (SCP/IAM deny statements) for a fleet that is on IMDSv2.
     IamPolicy(IamPolicyArgs),
@@ -70,6 +74,23 @@ fn main() -> ExitCode {
                 Ok(json) => print_out(&format!("{json}\n")),
                 Err(err) => {
                     eprintln!("error: {err}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Report(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(err) => {
+                    eprintln!("error: cannot start the runtime: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime.block_on(report::run(args)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(err) => {
+                    eprintln!("error: {err:#}");
                     ExitCode::from(2)
                 }
             }

@@ -11,5 +11,6 @@ mod ec2_double;
 mod env;
 mod invalid;
 mod moto_scenarios;
+mod report;
 mod safety;
 mod shipping;
