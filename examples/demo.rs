@@ -25,6 +25,9 @@ spec:
   metadataOptions:
     httpTokens: required
     httpPutResponseHopLimit: 2
+  rollout:
+    maxInFlight: 2        # at most two instances changing at once
+    settleSeconds: 3      # each counts as changing until 3 s after EC2 applied it
 "#;
 
 async fn table(ec2: &aws_sdk_ec2::Client, nodes: &[(String, String)]) -> Result<String> {
