@@ -78,40 +78,31 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Report(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(err) => {
-                    eprintln!("error: cannot start the runtime: {err}");
-                    return ExitCode::from(2);
-                }
-            };
-            match runtime.block_on(report::run(args)) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
-                Err(err) => {
-                    eprintln!("error: {err:#}");
-                    ExitCode::from(2)
-                }
+        Command::Report(args) => match block_on(report::run(args)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::from(2)
             }
-        }
-        Command::Run(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(err) => {
-                    eprintln!("error: cannot start the runtime: {err}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(run::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("error: {err:#}");
-                    ExitCode::FAILURE
-                }
+        },
+        Command::Run(args) => match block_on(run::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
             }
-        }
+        },
     }
+}
+
+/// Runs a future on a multi-threaded runtime.
+fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
+    runtime.block_on(future)
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.

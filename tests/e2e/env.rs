@@ -286,3 +286,36 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
 pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
+
+/// The providerID of a node on `id` (zone us-east-1a).
+pub fn provider_id(id: &str) -> String {
+    format!("aws:///us-east-1a/{id}")
+}
+
+/// (httpTokens, hop limit) of an instance, as the EC2 endpoint reports them.
+pub async fn imds(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<(String, i32)> {
+    let out = ec2.describe_instances().instance_ids(id).send().await?;
+    let opts = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find_map(|i| i.metadata_options().cloned())
+        .with_context(|| format!("{id} has no metadata options"))?;
+    Ok((
+        opts.http_tokens().map(|t| t.as_str().to_string()).unwrap_or_default(),
+        opts.http_put_response_hop_limit().unwrap_or_default(),
+    ))
+}
+
+/// Waits until an instance has `want` = (httpTokens, hop limit).
+pub async fn wait_imds(ec2: &aws_sdk_ec2::Client, id: &str, want: (&str, i32), timeout: Duration) -> Result<()> {
+    eventually(&format!("{id} to have {want:?}"), timeout, || async {
+        let got = imds(ec2, id).await?;
+        Ok(if (got.0.as_str(), got.1) == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        })
+    })
+    .await
+}

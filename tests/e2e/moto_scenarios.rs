@@ -1,40 +1,9 @@
 //! Scenarios against moto: convergence, status, events, triggers, resync, audit, conflicts.
 
-use crate::env::{CONVERGE, Cluster, Operator, condition, eventually, metric_sum};
+use crate::env::{CONVERGE, Cluster, Operator, condition, imds, metric_sum, provider_id, wait_imds};
 use crate::support::Moto;
 use anyhow::Result;
 use aws_sdk_ec2::types::{HttpTokensState, InstanceMetadataEndpointState};
-
-/// (httpTokens, hop limit) of an instance, as moto reports them.
-async fn imds(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<(String, i32)> {
-    let out = ec2.describe_instances().instance_ids(id).send().await?;
-    let opts = out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .find_map(|i| i.metadata_options().cloned())
-        .ok_or_else(|| anyhow::anyhow!("{id} has no metadata options"))?;
-    Ok((
-        opts.http_tokens().map(|t| t.as_str().to_string()).unwrap_or_default(),
-        opts.http_put_response_hop_limit().unwrap_or_default(),
-    ))
-}
-
-async fn wait_imds(ec2: &aws_sdk_ec2::Client, id: &str, want: (&str, i32)) -> Result<()> {
-    eventually(&format!("{id} to have {want:?}"), CONVERGE, || async {
-        let got = imds(ec2, id).await?;
-        Ok(if (got.0.as_str(), got.1) == want {
-            Ok(())
-        } else {
-            Err(format!("{got:?}"))
-        })
-    })
-    .await
-}
-
-fn provider_id(id: &str) -> String {
-    format!("aws:///us-east-1a/{id}")
-}
 
 const REQUIRE_V2: &str = r#"
 apiVersion: imds-operator.io/v1alpha1
@@ -77,7 +46,7 @@ async fn converges_reports_and_records_events() -> Result<()> {
 
     cluster.apply(REQUIRE_V2)?;
     for id in &ids {
-        wait_imds(&ec2, id, ("required", 2)).await?;
+        wait_imds(&ec2, id, ("required", 2), CONVERGE).await?;
     }
     let status = cluster
         .wait_status("require-imdsv2", "kstatus Current", |p, s| {
@@ -171,7 +140,7 @@ spec:
     cluster
         .create_node("late", &[("pool", "a")], Some(&provider_id(&ids[0])))
         .await?;
-    wait_imds(&ec2, &ids[0], ("required", 2)).await?;
+    wait_imds(&ec2, &ids[0], ("required", 2), CONVERGE).await?;
     cluster
         .wait_status("pool-a", "one compliant node", |_, s| s.compliant_nodes == 1)
         .await?;
@@ -189,11 +158,11 @@ spec:
         "-p",
         &format!(r#"{{"spec":{{"providerID":"{}"}}}}"#, provider_id(&ids[1])),
     ])?;
-    wait_imds(&ec2, &ids[1], ("required", 2)).await?;
+    wait_imds(&ec2, &ids[1], ("required", 2), CONVERGE).await?;
 
     // A label change moves a node to the other policy; both statuses follow.
     cluster.kubectl(&["label", "node", "late", "pool=b", "--overwrite"])?;
-    wait_imds(&ec2, &ids[0], ("required", 3)).await?;
+    wait_imds(&ec2, &ids[0], ("required", 3), CONVERGE).await?;
     cluster
         .wait_status("pool-a", "only no-id-yet left", |_, s| {
             s.matched_nodes == 1 && s.compliant_nodes == 1
@@ -214,7 +183,7 @@ spec:
         "-p",
         r#"{"spec":{"metadataOptions":{"httpPutResponseHopLimit":4}}}"#,
     ])?;
-    wait_imds(&ec2, &ids[0], ("required", 4)).await?;
+    wait_imds(&ec2, &ids[0], ("required", 4), CONVERGE).await?;
     cluster
         .wait_status("pool-b", "generation 2 observed", |p, s| {
             s.observed_generation == Some(2) && p.metadata.generation == Some(2) && condition(s, "Ready").0 == "True"
@@ -225,7 +194,7 @@ spec:
     // operator keeps serving the other policy.
     cluster.kubectl(&["delete", "imp", "pool-b", "--wait=true"])?;
     cluster.kubectl(&["label", "node", "late", "pool=a", "--overwrite"])?;
-    wait_imds(&ec2, &ids[0], ("required", 2)).await?;
+    wait_imds(&ec2, &ids[0], ("required", 2), CONVERGE).await?;
     cluster
         .wait_status("pool-a", "both nodes back", |_, s| {
             s.matched_nodes == 2 && s.compliant_nodes == 2
@@ -249,7 +218,7 @@ async fn out_of_band_change_is_reverted_at_resync() -> Result<()> {
     )
     .await?;
     cluster.apply(REQUIRE_V2)?;
-    wait_imds(&ec2, &ids[0], ("required", 2)).await?;
+    wait_imds(&ec2, &ids[0], ("required", 2), CONVERGE).await?;
 
     // Someone re-enables IMDSv1 from the console: nothing in the cluster changes.
     ec2.modify_instance_metadata_options()
@@ -260,7 +229,7 @@ async fn out_of_band_change_is_reverted_at_resync() -> Result<()> {
         .send()
         .await?;
     assert_eq!(imds(&ec2, &ids[0]).await?, ("optional".to_string(), 1));
-    wait_imds(&ec2, &ids[0], ("required", 2)).await?;
+    wait_imds(&ec2, &ids[0], ("required", 2), CONVERGE).await?;
     operator.ensure_running()?;
     Ok(())
 }
@@ -336,7 +305,7 @@ spec:
         assert!(events.iter().any(|e| e.starts_with("Conflict:")), "{name}: {events:?}");
     }
     // hop-two's uncontested option was applied; the contested hop limit was left alone.
-    wait_imds(&ec2, &ids[1], ("required", 1)).await?;
+    wait_imds(&ec2, &ids[1], ("required", 1), CONVERGE).await?;
     // Audit never modifies.
     assert_eq!(imds(&ec2, &ids[0]).await?, ("optional".to_string(), 1));
     let metrics = operator.metrics().await?;

@@ -3,7 +3,7 @@
 //! the IMDSv1-usage guard, staged rollout and restore-on-delete.
 
 use crate::ec2_double::{Ec2Double, MODIFY, OPTION_PARAMS};
-use crate::env::{CONVERGE, Cluster, Operator, condition, eventually, metric_sum};
+use crate::env::{CONVERGE, Cluster, Operator, condition, eventually, metric_sum, provider_id};
 use crate::support::Moto;
 use anyhow::Result;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
@@ -19,10 +19,6 @@ fn v1_instance() -> FullOptions {
         http_protocol_ipv6: Toggle::Disabled,
         instance_metadata_tags: Toggle::Disabled,
     }
-}
-
-fn provider_id(id: &str) -> String {
-    format!("aws:///us-east-1a/{id}")
 }
 
 /// A policy document; `extra` is appended under `spec:` (two-space indented lines).

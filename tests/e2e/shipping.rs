@@ -6,7 +6,7 @@
 //! runs as a local process that authenticates as the chart's ServiceAccount (a TokenRequest
 //! token), which exercises exactly the RBAC the chart grants.
 
-use crate::env::{CONVERGE, Cluster, Operator, condition, eventually, metric_sum};
+use crate::env::{CONVERGE, Cluster, Operator, condition, eventually, metric_sum, provider_id, wait_imds};
 use crate::support::{self, ControlPlane, Moto};
 use anyhow::{Context, Result, bail, ensure};
 use imds_operator::api::InstanceMetadataPolicy;
@@ -36,10 +36,6 @@ fn chart_dir() -> PathBuf {
 
 fn nondefault_values() -> PathBuf {
     chart_dir().join("ci/values-nondefault.yaml")
-}
-
-fn provider_id(id: &str) -> String {
-    format!("aws:///us-east-1a/{id}")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -293,33 +289,6 @@ async fn chart_lints_and_renders_for_the_api_server() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// (httpTokens, hop limit) of an instance, as moto reports them.
-async fn imds(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<(String, i32)> {
-    let out = ec2.describe_instances().instance_ids(id).send().await?;
-    let opts = out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .find_map(|i| i.metadata_options().cloned())
-        .with_context(|| format!("{id} has no metadata options"))?;
-    Ok((
-        opts.http_tokens().map(|t| t.as_str().to_string()).unwrap_or_default(),
-        opts.http_put_response_hop_limit().unwrap_or_default(),
-    ))
-}
-
-async fn wait_imds(ec2: &aws_sdk_ec2::Client, id: &str, want: (&str, i32), timeout: Duration) -> Result<()> {
-    eventually(&format!("{id} to have {want:?}"), timeout, || async {
-        let got = imds(ec2, id).await?;
-        Ok(if (got.0.as_str(), got.1) == want {
-            Ok(())
-        } else {
-            Err(format!("{got:?}"))
-        })
-    })
-    .await
 }
 
 fn policy_yaml(name: &str, on_delete: &str) -> String {
