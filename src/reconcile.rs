@@ -382,6 +382,10 @@ async fn rollout_state(
                 generation,
             }
         });
+    if halt.is_some() {
+        // Only a value set after this halt resumes it, not one left over from an earlier resume.
+        last_resume = annotation;
+    }
     (halt, last_resume)
 }
 
@@ -413,17 +417,10 @@ async fn in_flight(ctx: &Context, policy: &InstanceMetadataPolicy, plans: &[Node
         .iter()
         .filter(|p| {
             p.state == NodeState::Pending
-                || p.instance_id.as_ref().and_then(|id| cache.change(id)).is_some_and(|c| {
-                    rollout::still_settling(
-                        &RecentChange {
-                            node: c.node.clone(),
-                            instance_id: String::new(),
-                            age: now.saturating_duration_since(c.at),
-                            was_ready: c.was_ready,
-                        },
-                        settle,
-                    )
-                })
+                || p.instance_id
+                    .as_ref()
+                    .and_then(|id| cache.change(id))
+                    .is_some_and(|c| rollout::still_settling(now.saturating_duration_since(c.at), settle))
         })
         .count()
 }
