@@ -74,6 +74,33 @@ async fn invalid_policies_are_rejected_with_a_useful_message() -> Result<()> {
             "In and NotIn need at least one value",
         ),
         (
+            "endpoint disabled without acknowledgement",
+            policy("  nodeSelector: {}\n  metadataOptions: {httpEndpoint: disabled}\n"),
+            "set spec.guards.allowEndpointDisabled: true to confirm",
+        ),
+        (
+            "maxInFlight 0%",
+            policy("  nodeSelector: {}\n  metadataOptions: {httpTokens: required}\n  rollout: {maxInFlight: \"0%\"}\n"),
+            "rollout.maxInFlight must be a positive count or a percentage",
+        ),
+        (
+            "maxInFlight 0",
+            policy("  nodeSelector: {}\n  metadataOptions: {httpTokens: required}\n  rollout: {maxInFlight: 0}\n"),
+            "rollout.maxInFlight must be a positive count or a percentage",
+        ),
+        (
+            "lookback too short",
+            policy(
+                "  nodeSelector: {}\n  metadataOptions: {httpTokens: required}\n  guards: {imdsv1Usage: {lookback: 5m}}\n",
+            ),
+            "lookback must be between 1h and 336h",
+        ),
+        (
+            "unknown onDelete",
+            policy("  nodeSelector: {}\n  metadataOptions: {httpTokens: required}\n  onDelete: Delete\n"),
+            "spec.onDelete: Unsupported value: \"Delete\"",
+        ),
+        (
             "misspelled option",
             policy("  nodeSelector: {}\n  metadataOptions: {httpToken: required}\n"),
             "unknown field \"spec.metadataOptions.httpToken\"",
@@ -92,6 +119,14 @@ async fn invalid_policies_are_rejected_with_a_useful_message() -> Result<()> {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     let left = cluster.kubectl(&["get", "imp", "-o", "name"])?;
     assert!(left.trim().is_empty(), "nothing may be created: {left}");
+
+    // Disabling the endpoint with the acknowledgement is accepted.
+    let acknowledged = policy(
+        "  nodeSelector: {matchLabels: {role: isolated}}\n  metadataOptions: {httpEndpoint: disabled}\n  guards: {allowEndpointDisabled: true}\n",
+    );
+    let out = cluster.kubectl_apply(&acknowledged)?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cluster.kubectl(&["delete", "imp", "bad"])?;
 
     // The examples in the repository are valid.
     for entry in std::fs::read_dir(crate::support::repo_root().join("examples/policies"))? {
