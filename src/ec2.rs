@@ -218,8 +218,13 @@ pub struct RateLimits {
 impl Ec2 {
     /// Wraps an SDK client.
     pub fn new(client: aws_sdk_ec2::Client, limits: RateLimits, metrics: Arc<Metrics>) -> Ec2 {
+        let config = client
+            .config()
+            .to_builder()
+            .interceptor(crate::aws_attempts::AttemptMetrics::new(metrics.clone()))
+            .build();
         Ec2 {
-            client,
+            client: aws_sdk_ec2::Client::from_conf(config),
             describe_limit: Arc::new(RateLimiter::new(limits.describe_burst, limits.describe_per_second)),
             modify_limit: Arc::new(RateLimiter::new(limits.modify_burst, limits.modify_per_second)),
             metrics,

@@ -357,8 +357,13 @@ impl UsageReader {
         burst: u32,
         per_second: f64,
     ) -> Self {
+        let config = client
+            .config()
+            .to_builder()
+            .interceptor(crate::aws_attempts::AttemptMetrics::new(metrics.clone()))
+            .build();
         UsageReader {
-            client,
+            client: aws_sdk_cloudwatch::Client::from_conf(config),
             metrics,
             limiter: Arc::new(RateLimiter::new(burst, per_second)),
         }

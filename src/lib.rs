@@ -5,6 +5,7 @@
 //! every decision; [`ec2`] and [`reconcile`]/[`controller`] are the IO edges.
 
 pub mod api;
+pub mod aws_attempts;
 pub mod cache;
 pub mod context;
 pub mod controller;

@@ -41,6 +41,7 @@ pub struct Metrics {
     aws_calls: Family<AwsCallLabels, Counter>,
     aws_throttled: Family<OperationLabels, Counter>,
     aws_permission_errors: Family<OperationLabels, Counter>,
+    aws_retries: Family<OperationLabels, Counter>,
     modifications: Counter,
     policy_nodes: Family<PolicyStateLabels, Gauge>,
     leader: Gauge,
@@ -92,6 +93,12 @@ impl Metrics {
             "AWS calls denied (UnauthorizedOperation)",
             aws_permission_errors.clone(),
         );
+        let aws_retries = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "aws_api_retries",
+            "Attempts the AWS SDK retried (each one after the first attempt of a call)",
+            aws_retries.clone(),
+        );
         let modifications = Counter::default();
         registry.register(
             "instance_modifications",
@@ -114,6 +121,7 @@ impl Metrics {
             aws_calls,
             aws_throttled,
             aws_permission_errors,
+            aws_retries,
             modifications,
             policy_nodes,
             leader,
@@ -142,15 +150,30 @@ impl Metrics {
         let labels = OperationLabels {
             operation: operation.into(),
         };
-        match outcome {
-            "RequestLimitExceeded" | "Throttling" | "ThrottlingException" => {
-                self.aws_throttled.get_or_create(&labels).inc();
-            }
-            "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => {
-                self.aws_permission_errors.get_or_create(&labels).inc();
-            }
-            _ => {}
+        if matches!(
+            outcome,
+            "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException"
+        ) {
+            self.aws_permission_errors.get_or_create(&labels).inc();
         }
+    }
+
+    /// An attempt AWS throttled (counted per attempt, also when the SDK's retry absorbed it).
+    pub fn aws_throttled(&self, operation: &str) {
+        self.aws_throttled
+            .get_or_create(&OperationLabels {
+                operation: operation.into(),
+            })
+            .inc();
+    }
+
+    /// An attempt the SDK retried.
+    pub fn aws_retry(&self, operation: &str) {
+        self.aws_retries
+            .get_or_create(&OperationLabels {
+                operation: operation.into(),
+            })
+            .inc();
     }
 
     /// A modify request EC2 accepted.
@@ -213,6 +236,8 @@ mod tests {
         m.reconciled("success", Duration::from_millis(20));
         m.aws_call("DescribeInstances", "ok");
         m.aws_call("ModifyInstanceMetadataOptions", "RequestLimitExceeded");
+        m.aws_throttled("ModifyInstanceMetadataOptions");
+        m.aws_retry("ModifyInstanceMetadataOptions");
         m.policy_counts("require-v2", &[("matched", 3), ("compliant", 2)]);
         let text = m.encode();
         for want in [
@@ -220,6 +245,7 @@ mod tests {
             "imds_operator_reconcile_time_seconds_bucket",
             "imds_operator_aws_api_calls_total{operation=\"DescribeInstances\",outcome=\"ok\"} 1",
             "imds_operator_aws_api_throttled_total{operation=\"ModifyInstanceMetadataOptions\"} 1",
+            "imds_operator_aws_api_retries_total{operation=\"ModifyInstanceMetadataOptions\"} 1",
             "imds_operator_policy_nodes{policy=\"require-v2\",state=\"compliant\"} 2",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");

@@ -410,13 +410,12 @@ async fn throttling_beyond_sdk_retries_is_transient() {
         api_calls(&metrics, "ModifyInstanceMetadataOptions", "RequestLimitExceeded"),
         1
     );
-    assert_eq!(
-        counter(
-            &metrics,
-            "imds_operator_aws_api_throttled_total{operation=\"ModifyInstanceMetadataOptions\"}"
-        ),
-        1
-    );
+    // Throttling and retries are counted per attempt (by the SDK interceptor), so a throttle
+    // the retries absorb still shows.
+    let throttled = "imds_operator_aws_api_throttled_total{operation=\"ModifyInstanceMetadataOptions\"}";
+    let retries = "imds_operator_aws_api_retries_total{operation=\"ModifyInstanceMetadataOptions\"}";
+    assert_eq!(counter(&metrics, throttled), 3);
+    assert_eq!(counter(&metrics, retries), 2);
 
     double.clear_requests();
     double.throttle(MODIFY, 2);
@@ -426,6 +425,8 @@ async fn throttling_beyond_sdk_retries_is_transient() {
     assert_eq!(double.requests_for(MODIFY).len(), 3);
     assert_eq!(double.options(id), Some(HARDENED));
     assert_eq!(api_calls(&metrics, "ModifyInstanceMetadataOptions", "ok"), 1);
+    assert_eq!(counter(&metrics, throttled), 5);
+    assert_eq!(counter(&metrics, retries), 4);
 }
 
 /// A failed DescribeInstances batch marks every ID of that batch `Failed(Transient)`; the other
