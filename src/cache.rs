@@ -78,8 +78,14 @@ impl InstanceCache {
         );
     }
 
-    /// Records what DescribeInstances said, including the original-options tag.
-    pub fn observe_described(&mut self, id: &str, described: crate::ec2::Described, now: Instant) {
+    /// Records what a DescribeInstances issued at `issued` said, including the original-options
+    /// tag — unless the entry was updated after that (a modify answer from another reconcile
+    /// is newer than a describe that was already on its way).
+    pub fn observe_described(&mut self, id: &str, described: crate::ec2::Described, issued: Instant) {
+        if self.entries.get(id).is_some_and(|e| e.fetched > issued) {
+            return;
+        }
+        let now = issued;
         self.entries.insert(
             id.to_string(),
             Entry {
@@ -253,6 +259,28 @@ mod tests {
         assert_eq!(cache.original("i-1"), Some("x"));
         cache.clear_original("i-1");
         assert_eq!(cache.original("i-1"), None);
+    }
+
+    #[test]
+    fn an_older_describe_does_not_overwrite_a_newer_answer() {
+        let t0 = Instant::now();
+        let mut cache = InstanceCache::default();
+        cache.observe("i-1", found(ApplyState::Pending), vec![], t0 + Duration::from_secs(2));
+        let stale = crate::ec2::Described {
+            observation: found(ApplyState::Applied),
+            tag_keys: vec![],
+            original_options: None,
+        };
+        cache.observe_described("i-1", stale.clone(), t0 + Duration::from_secs(1));
+        assert_eq!(
+            cache.observations([&"i-1".to_string()]).remove("i-1"),
+            Some(found(ApplyState::Pending))
+        );
+        cache.observe_described("i-1", stale, t0 + Duration::from_secs(3));
+        assert_eq!(
+            cache.observations([&"i-1".to_string()]).remove("i-1"),
+            Some(found(ApplyState::Applied))
+        );
     }
 
     #[test]

@@ -77,8 +77,7 @@ pub fn classify(code: &str) -> Ec2ErrorKind {
         "UnsupportedOperation"
         | "InvalidParameterValue"
         | "InvalidParameterCombination"
-        | "InvalidParameter"
-        | "IncorrectInstanceState" => Ec2ErrorKind::Unsupported,
+        | "InvalidParameter" => Ec2ErrorKind::Unsupported,
         "RequestLimitExceeded"
         | "Throttling"
         | "ThrottlingException"
@@ -86,7 +85,9 @@ pub fn classify(code: &str) -> Ec2ErrorKind {
         | "InternalFailure"
         | "ServiceUnavailable"
         | "Unavailable"
-        | "RequestExpired" => Ec2ErrorKind::Transient,
+        | "RequestExpired"
+        // The instance is stopping or starting: it takes the change once it is back.
+        | "IncorrectInstanceState" => Ec2ErrorKind::Transient,
         "DryRunOperation" => Ec2ErrorKind::DryRunOk,
         _ => Ec2ErrorKind::Other,
     }

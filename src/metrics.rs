@@ -203,6 +203,7 @@ impl Metrics {
             "skipped",
             "failed",
             "conflicted",
+            "blocked",
         ] {
             self.policy_nodes.remove(&PolicyStateLabels {
                 policy: policy.into(),

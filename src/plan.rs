@@ -159,9 +159,9 @@ impl NodePlan {
 pub struct GuardFacts {
     /// The instance's tag keys.
     pub tag_keys: Vec<String>,
-    /// `MetadataNoToken` summed over the lookback, or why it could not be read; `None` when not
-    /// read yet.
-    pub imdsv1_calls: Option<Result<f64, String>>,
+    /// `MetadataNoToken` summed over a lookback (the key), or why it could not be read; a
+    /// lookback absent here has not been read yet.
+    pub imdsv1_calls: BTreeMap<Duration, Result<f64, String>>,
 }
 
 /// Guard reasons (node reasons and `Stalled` reasons).
@@ -269,7 +269,9 @@ fn plan_node<M: RefusalMemo>(input: &PlanInput<'_, M>, node: &NodeInput) -> Node
     if !plan.drift.is_empty() {
         plan.state = NodeState::Drifted;
         plan.reason = crate::api::reason::DRIFTED.into();
-        if enforced_drift_mine {
+        // Only an enforcing policy sends: an Audit policy that shares an option with an
+        // Enforce policy leaves the request to that one (and to its rollout and guards).
+        if enforced_drift_mine && input.policy.mode == PolicyMode::Enforce {
             let request = FullOptions::merge(&selection::enforced_options(&decisions), &observed.values);
             let unchanged = FullOptions::merge(&Default::default(), &observed.values);
             if request != unchanged || !complete(observed) {
@@ -324,7 +326,7 @@ fn apply_guards<M: RefusalMemo>(
             return;
         }
         let hours = lookback.as_secs_f64() / 3600.0;
-        match facts.imdsv1_calls {
+        match facts.imdsv1_calls.get(&lookback).cloned() {
             None => {
                 plan.needs_imdsv1_usage = Some(lookback);
                 plan.action = None;
@@ -593,6 +595,11 @@ mod tests {
                 want_action: Some(full(HttpTokens::Required, 1)),
                 want_drift: 1,
                 ..case("conflict on one option, the others still fixed")
+            },
+            Case {
+                policies: vec![policy("p", 0, Audit, v2_hop2()), policy("q", 0, Enforce, v2_hop2())],
+                want_action: None,
+                ..case("an audit policy sharing an option with an enforcing one never sends")
             },
             Case {
                 policies: vec![policy("p", 0, Enforce, hop(1)), policy("q", 9, Enforce, hop(2))],

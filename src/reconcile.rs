@@ -205,15 +205,23 @@ async fn plan_with_cache(ctx: &Context, observed: &Observed, outcomes: &HashMap<
     let (observations, refusals, guard_facts) = {
         let cache = ctx.cache.lock().await;
         let now = Instant::now();
+        let mut lookbacks: Vec<Duration> = observed
+            .policies
+            .iter()
+            .map(|p| plan::parse_lookback(&p.guards.imdsv1_usage.lookback))
+            .collect();
+        lookbacks.sort();
+        lookbacks.dedup();
         let facts: HashMap<String, GuardFacts> = observed
             .instance_ids
             .iter()
             .map(|id| {
-                let lookback = plan::parse_lookback(&observed.me.guards.imdsv1_usage.lookback);
-                let usage = longest_usage(&cache, id, &observed.policies, lookback, now);
                 let facts = GuardFacts {
                     tag_keys: cache.tag_keys(id).map(<[String]>::to_vec).unwrap_or_default(),
-                    imdsv1_calls: usage,
+                    imdsv1_calls: lookbacks
+                        .iter()
+                        .filter_map(|l| Some((*l, cache.usage(id, *l, now)?)))
+                        .collect(),
                 };
                 (id.clone(), facts)
             })
@@ -238,24 +246,6 @@ async fn plan_with_cache(ctx: &Context, observed: &Observed, outcomes: &HashMap<
         }
     }
     plans
-}
-
-/// The usage read for the longest lookback any policy asks for (the planner asks for that one).
-fn longest_usage(
-    cache: &crate::cache::InstanceCache,
-    id: &str,
-    policies: &[PolicyInput],
-    fallback: Duration,
-    now: Instant,
-) -> Option<Result<f64, String>> {
-    let mut lookbacks: Vec<Duration> = policies
-        .iter()
-        .map(|p| plan::parse_lookback(&p.guards.imdsv1_usage.lookback))
-        .collect();
-    lookbacks.push(fallback);
-    lookbacks.sort();
-    lookbacks.dedup();
-    lookbacks.into_iter().rev().find_map(|l| cache.usage(id, l, now))
 }
 
 /// Reads IMDSv1 usage for the plans that wait for it; true when anything was read.
@@ -299,11 +289,11 @@ pub(crate) async fn refresh(ctx: &Context, instance_ids: &[String], all: bool) {
     if stale.is_empty() {
         return;
     }
+    let issued = Instant::now();
     let described = ctx.ec2.describe_instances(&stale).await;
-    let now = Instant::now();
     let mut cache = ctx.cache.lock().await;
     for (id, d) in described {
-        cache.observe_described(&id, d, now);
+        cache.observe_described(&id, d, issued);
     }
 }
 
@@ -432,6 +422,8 @@ struct Claimed {
     instance_id: String,
     request: FullOptions,
     original: Option<FullOptions>,
+    /// A guard's warning (`imdsv1Usage: Warn`), reported with the modification.
+    warning: Option<String>,
 }
 
 /// Sends the planned requests, at most `allowed` (the rollout's budget) and as many as the rate
@@ -464,6 +456,18 @@ async fn apply(
             if claimed.len() >= budget {
                 break;
             }
+            // Another reconcile may have changed the instance since this one planned: never
+            // send to an instance that is pending or already has exactly these options.
+            let current = cache.observations([id]).remove(id);
+            let settled_elsewhere = match &current {
+                Some(Observation::Found(o)) => {
+                    o.state == ApplyState::Pending || FullOptions::merge(&Default::default(), &o.values) == *request
+                }
+                _ => false,
+            };
+            if settled_elsewhere {
+                continue;
+            }
             if cache.claim(id) {
                 let original = match cache.original(id) {
                     Some(_) => None,
@@ -475,6 +479,7 @@ async fn apply(
                     instance_id: id.clone(),
                     request: *request,
                     original,
+                    warning: plan.message.clone().filter(|m| m.starts_with("warning:")),
                 });
             }
         }
@@ -485,11 +490,16 @@ async fn apply(
     }
 
     if let Err(failure) = preflight(ctx, policy, &claimed[0]).await {
+        // Denied (or EC2 unreachable): nothing is sent; every planned instance reports it, so
+        // the policy is Stalled (or Retrying), not "Applying".
         let mut cache = ctx.cache.lock().await;
         for claim in &claimed {
             cache.release(&claim.instance_id);
-            failures.insert(claim.instance_id.clone(), failure.clone());
         }
+        for (_, id, _) in &wanted {
+            failures.insert(id.clone(), failure.clone());
+        }
+        progress.deferred = 0;
         return (failures, progress);
     }
 
@@ -522,6 +532,7 @@ async fn apply(
             instance_id: id,
             request,
             original,
+            warning,
         } = claim;
         let mut cache = ctx.cache.lock().await;
         cache.release(&id);
@@ -563,6 +574,11 @@ async fn apply(
                     note,
                 )
                 .await;
+                if let Some(warning) = warning {
+                    let note = format!("node {node} ({id}) modified despite: {warning}");
+                    let reason = crate::plan::guard_reason::IMDSV1_IN_USE;
+                    publish(ctx, policy, Some(&node), EventType::Warning, reason, "Guard", note).await;
+                }
             }
             Err(err) => {
                 let failure = err.to_failure();
@@ -629,7 +645,14 @@ async fn preflight(ctx: &Context, policy: &InstanceMetadataPolicy, first: &Claim
             .await;
             return Err(failure);
         }
-        Err(e) => return Err(e.to_failure()),
+        Err(e) if e.kind == Ec2ErrorKind::Transient => return Err(e.to_failure()),
+        // An error about this one instance (gone, cannot take the option) says nothing about
+        // permissions: send the real requests, which report per instance, and check again
+        // next time.
+        Err(e) => {
+            tracing::debug!(instance = %first.instance_id, error = %e, "preflight inconclusive");
+            return Ok(());
+        }
     }
     ctx.set_preflight_passed(key);
     Ok(())
@@ -756,8 +779,9 @@ fn next_action(ctx: &Context, name: &str, plans: &[NodePlan], progress: &Progres
         if pending {
             delay = delay.min(PENDING_RECHECK);
         }
-        if progress.deferred > 0 {
-            // The rollout or rate limit frees up as instances settle: look again soon.
+        // The rollout or rate limit frees up as instances settle: look again soon — unless
+        // something is failing, whose backoff must not be cut short.
+        if progress.deferred > 0 && failing.is_empty() {
             delay = delay.min(Duration::from_secs(2));
         }
     }

@@ -298,7 +298,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<bool> {
         .map(|(id, d)| {
             let f = GuardFacts {
                 tag_keys: d.tag_keys.clone(),
-                imdsv1_calls: None,
+                imdsv1_calls: BTreeMap::new(),
             };
             (id.clone(), f)
         })
@@ -339,7 +339,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<bool> {
                     None => Err("no answer from CloudWatch".into()),
                 };
                 if let Some(f) = facts.get_mut(&id) {
-                    f.imdsv1_calls = Some(value);
+                    f.imdsv1_calls.insert(lookback, value);
                 }
             }
         }

@@ -89,9 +89,31 @@ async fn restore(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<(), R
         };
         let Some(original) = original else { continue };
         let remaining: Vec<&PolicyInput> = observed.policies.iter().filter(|p| p.selects(&node.labels)).collect();
+        if current.state == crate::options::ApplyState::Pending {
+            remaining_errors.push(format!("{id}: a change is pending; restoring after it applied"));
+            continue;
+        }
         let step = restore_step(&original, &current, &remaining);
         if let Some(request) = step.modify {
-            match ctx.ec2.modify(&id, &request, false).await {
+            if !ctx.cache.lock().await.claim(&id) {
+                remaining_errors.push(format!("{id}: another change is in flight"));
+                continue;
+            }
+            let result = ctx.ec2.modify(&id, &request, false).await;
+            {
+                let mut cache = ctx.cache.lock().await;
+                cache.release(&id);
+                if let Ok(answer) = &result {
+                    let tag_keys = cache.tag_keys(&id).map(<[String]>::to_vec).unwrap_or_default();
+                    cache.observe(
+                        &id,
+                        Observation::Found(answer.clone()),
+                        tag_keys,
+                        tokio::time::Instant::now(),
+                    );
+                }
+            }
+            match result {
                 Ok(_) => {
                     restored += 1;
                     let note = format!("node {} ({id}): restored {request}", node.name);
@@ -107,6 +129,21 @@ async fn restore(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<(), R
                     .await;
                 }
                 Err(e) if e.kind == Ec2ErrorKind::NotFound => continue,
+                // EC2 will never take these options (e.g. the account now enforces IMDSv2):
+                // retrying cannot succeed, so report it and let the policy go.
+                Err(e) if e.kind == Ec2ErrorKind::Unsupported => {
+                    let note = format!("node {} ({id}): cannot restore {request}: {e}", node.name);
+                    publish(
+                        ctx,
+                        policy,
+                        Some(&node.name),
+                        EventType::Warning,
+                        "RestoreRefused",
+                        "Restore",
+                        note,
+                    )
+                    .await;
+                }
                 Err(e) => {
                     remaining_errors.push(format!("{id}: {e}"));
                     continue;

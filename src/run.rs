@@ -153,23 +153,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
 
-    // Shut the controller down on a signal or when the lease is lost.
-    let (lost_tx, mut lost_rx) = watch::channel(false);
+    // SIGTERM: graceful shutdown (in-flight reconciles and their EC2 calls finish). Lease lost:
+    // the controller is dropped at once, aborting in-flight reconciles, so that this replica
+    // stops writing before the new leader starts.
     let mut stop = stop_rx.clone();
-    let lease_state = lease.as_ref().map(|(leading, _)| leading.clone());
     let shutdown = async move {
+        let _ = stop.changed().await;
+    };
+    let lease_state = lease.as_ref().map(|(leading, _)| leading.clone());
+    let lease_lost = async move {
         match lease_state {
             Some(mut leading) => {
-                tokio::select! {
-                    _ = stop.changed() => {}
-                    _ = async { while leading.changed().await.is_ok() { if !*leading.borrow() { break; } } } => {
-                        let _ = lost_tx.send(true);
+                while leading.changed().await.is_ok() {
+                    if !*leading.borrow() {
+                        return;
                     }
                 }
             }
-            None => {
-                let _ = stop.changed().await;
-            }
+            None => std::future::pending::<()>().await,
         }
     };
 
@@ -196,10 +197,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::new(Context::new(clients, stores, metrics, config))
     };
     tracing::info!(resync = ?args.resync_period, "controller starting");
-    crate::controller::run(build, client, shutdown).await;
-    tracing::info!("controller stopped; in-flight reconciles finished");
-
-    let lost = *lost_rx.borrow_and_update();
+    let lost = tokio::select! {
+        _ = crate::controller::run(build, client, shutdown) => {
+            tracing::info!("controller stopped; in-flight reconciles finished");
+            false
+        }
+        _ = lease_lost => {
+            tracing::error!("lost the leader lease; in-flight reconciles aborted");
+            true
+        }
+    };
     if let Some((leading, task)) = lease {
         drop(leading);
         let _ = task.await; // releases the lease
