@@ -23,29 +23,20 @@ use std::time::Duration;
 pub fn node_reflector(client: kube::Client) -> (Store<Node>, impl Stream<Item = (Node, bool)> + Send + 'static) {
     let (reader, writer) = reflector::store();
     let api: Api<Node> = Api::all(client);
-    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut changes = nodes::NodeChanges::default();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(nodes::strip)
         .reflect(writer)
-        .filter_map(move |event| {
+        .flat_map(move |event| {
             let changed = match event {
-                Ok(watcher::Event::Apply(node)) | Ok(watcher::Event::InitApply(node)) => {
-                    let hash = nodes::relevance_hash(&node);
-                    let before = seen.insert(node.name_any(), hash);
-                    (before != Some(hash)).then_some((node, false))
-                }
-                Ok(watcher::Event::Delete(node)) => {
-                    seen.remove(&node.name_any());
-                    Some((node, true))
-                }
-                Ok(_) => None,
+                Ok(event) => changes.on_event(event),
                 Err(err) => {
                     tracing::warn!(error = %err, "node watch error");
-                    None
+                    Vec::new()
                 }
             };
-            future::ready(changed)
+            futures::stream::iter(changed)
         });
     (reader, stream)
 }
