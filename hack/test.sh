@@ -19,5 +19,12 @@ echo "==> setup took $((setup - start))s"
 echo "==> cargo build (operator binary used by the end-to-end tests)"
 cargo build --locked --bin imds-operator
 echo "==> cargo test (unit, integration, end-to-end)"
-cargo test --locked --no-fail-fast -- --test-threads="${IMDS_OPERATOR_TEST_THREADS:-2}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked --no-fail-fast -- --test-threads="${IMDS_OPERATOR_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
 echo "==> tests took $(( $(date +%s) - setup ))s (setup $((setup - start))s)"
+# One closing line for every test binary together.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
