@@ -166,10 +166,15 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
     // Re-plan with what EC2 answered, then report.
     let mut plans = plan_with_cache(ctx, &observed, &outcomes).await;
     for p in plans.iter_mut().filter(|p| p.action.is_some()) {
-        p.message = Some(if progress.halt.is_some() {
+        let waiting = if progress.halt.is_some() {
             "rollout halted".to_string()
         } else {
             format!("waiting for the rollout (maxInFlight {limit}) or the EC2 rate limit")
+        };
+        // Keep a guard's warning visible while the node waits its turn.
+        p.message = Some(match p.message.take().filter(|m| m.starts_with("warning:")) {
+            Some(warning) => format!("{waiting}; {warning}"),
+            None => waiting,
         });
     }
     let previous = policy.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
