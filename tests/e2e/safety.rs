@@ -257,13 +257,7 @@ async fn put_tokenless_calls(cw: &aws_sdk_cloudwatch::Client, id: &str, calls: f
 }
 
 async fn tokens_of(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<String> {
-    let out = ec2.describe_instances().instance_ids(id).send().await?;
-    Ok(out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .find_map(|i| i.metadata_options()?.http_tokens().map(|t| t.as_str().to_string()))
-        .unwrap_or_default())
+    Ok(crate::env::imds(ec2, id).await?.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -285,17 +285,7 @@ impl Ec2Double {
     /// Environment for a child process (e.g. the operator binary) whose AWS SDK default chain
     /// should talk to the double.
     pub fn aws_env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ENDPOINT_URL", self.endpoint().as_str()),
-            ("AWS_REGION", REGION),
-            ("AWS_DEFAULT_REGION", REGION),
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        crate::support::moto::endpoint_env(&self.endpoint())
     }
 
     fn shared(&self) -> MutexGuard<'_, Shared> {

@@ -159,17 +159,7 @@ impl Moto {
     /// Environment for a child process (e.g. the operator binary) so that the AWS SDK's default
     /// chain talks to this server.
     pub fn aws_env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
-            ("AWS_REGION", REGION),
-            ("AWS_DEFAULT_REGION", REGION),
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        endpoint_env(&self.endpoint)
     }
 
     /// Launches `count` instances of [`DEFAULT_AMI`] with `tags` and IMDS options
@@ -266,4 +256,20 @@ fn http_status(port: u16, method: &str, path: &str) -> Result<u16> {
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("not an HTTP response: {line:?}"))?;
     Ok(status)
+}
+
+/// Environment for a child process whose AWS SDK default chain should talk to `endpoint` with
+/// the test region and credentials (shared by moto and the EC2 double).
+pub fn endpoint_env(endpoint: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_REGION", REGION),
+        ("AWS_DEFAULT_REGION", REGION),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
