@@ -1,4 +1,4 @@
-.PHONY: test demo generate check lint build
+.PHONY: test demo generate check lint build bench doc
 
 # The one command that runs every test tier (unit, EC2 integration, end-to-end).
 test:
@@ -13,11 +13,23 @@ demo:
 generate:
 	bash hack/generate.sh
 
-# Formatting, lints, generated files.
+# Formatting, lints, generated files, the layout rules (a pure core that cannot do IO, no import
+# cycles, short functions and files) and docs that build without warnings.
 check:
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 	bash hack/generate.sh --check
+	bash hack/check-core-purity.sh
+	python3 hack/check-layout.py
+	RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps
+
+# API docs of every crate (target/doc).
+doc:
+	cargo doc --locked --workspace --no-deps
+
+# Benchmarks; they print figures and are not part of `make test`.
+bench:
+	cargo bench --locked --bench plan
 
 build:
 	cargo build --release --locked --bin imds-operator

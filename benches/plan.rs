@@ -2,17 +2,18 @@
 //! measured in the same run (absolute times on shared machines are noise; the ratio shows
 //! whether the work grows linearly). Run: `cargo bench --bench plan`.
 
-use imds_operator::api::{HttpTokens, MetadataOptions, PolicyMode, Toggle};
-use imds_operator::options::{ApplyState, ObservedOptions};
-use imds_operator::plan::{self, NodeInput, Observation, PlanInput};
-use imds_operator::selection::PolicyInput;
+use imds_core::api::{HttpTokens, MetadataOptions, PolicyMode, Toggle};
+use imds_core::observation::{NodeInput, Observation};
+use imds_core::options::{ApplyState, ObservedOptions};
+use imds_core::plan::{self, PlanInput};
+use imds_core::selection::PolicyInput;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 fn policies(n: usize) -> Vec<PolicyInput> {
     (0..n)
         .map(|i| {
-            let policy: imds_operator::api::InstanceMetadataPolicy = serde_json::from_value(serde_json::json!({
+            let policy: imds_core::api::InstanceMetadataPolicy = serde_json::from_value(serde_json::json!({
                 "apiVersion": "imds-operator.io/v1alpha1",
                 "kind": "InstanceMetadataPolicy",
                 "metadata": {"name": format!("p{i}")},

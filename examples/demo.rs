@@ -5,16 +5,10 @@
 //! By default everything is stopped at the end. With `--keep` it stays up until Ctrl-C and
 //! prints how to poke at it.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
-#[path = "../tests/e2e/env.rs"]
-mod env;
-
 use anyhow::Result;
-use env::{Cluster, Operator, eventually};
+use imds_test_support::Moto;
+use imds_test_support::e2e::{Cluster, Operator, eventually};
 use std::time::{Duration, Instant};
-use support::Moto;
 
 const POLICY: &str = r#"apiVersion: imds-operator.io/v1alpha1
 kind: InstanceMetadataPolicy

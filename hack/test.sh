@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command (README "Testing"): sets up what the tests need on a fresh
 # machine (control-plane binaries, moto virtualenv), then runs every tier:
-#   1. unit tests of the pure core, 2. EC2 adaptor integration tests (moto + a local EC2 double),
+#   1. unit tests (the pure core crate crates/imds-core and the shell), 2. EC2 adaptor integration tests (moto + a local EC2 double),
 #   3. end-to-end tests (the operator binary against etcd + kube-apiserver + moto), helm tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,7 +22,7 @@ echo "==> cargo test (unit, integration, end-to-end)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --locked --no-fail-fast -- --test-threads="${IMDS_OPERATOR_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+cargo test --locked --workspace --no-fail-fast -- --test-threads="${IMDS_OPERATOR_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
 echo "==> tests took $(( $(date +%s) - setup ))s (setup $((setup - start))s)"
 # One closing line for every test binary together.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

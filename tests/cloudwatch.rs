@@ -1,14 +1,12 @@
-//! Tier-2 tests of the IMDSv1 usage reader (`imds_operator::imdsv1_usage`) against real
+//! Tier-2 tests of the IMDSv1 usage reader (`imds_operator::aws::cloudwatch`) against real
 //! CloudWatch wire protocol servers: moto where it models the behaviour (sums per instance, the
 //! lookback window, batches of 500 queries), and a small in-file CloudWatch double where moto
 //! cannot: moto never paginates GetMetricData (no `NextToken`), never denies a call or a single
-//! query (`AccessDenied`, `Forbidden`), and never throttles (see ec2-imds.md, "moto — known
-//! differences").
+//! query (`AccessDenied`, `Forbidden`), and never throttles (see `docs/ec2-semantics.md`, "moto —
+//! known differences from EC2").
 //!
 //! Every test starts its own server. Run with `cargo test --test cloudwatch`; the moto tests need
 //! `hack/setup-moto.sh` (run on demand by the harness, cached afterwards).
-
-mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,9 +16,10 @@ use anyhow::{Context, Result};
 use aws_sdk_cloudwatch::error::DisplayErrorContext;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_smithy_types::DateTime;
-use imds_operator::imdsv1_usage::{QUERY_BATCH, UsageError, UsageErrorKind, UsageReader};
-use imds_operator::metrics::Metrics;
-use support::Moto;
+use imds_operator::aws::cloudwatch::{QUERY_BATCH, UsageReader};
+use imds_operator::aws::{AwsError, AwsErrorKind};
+use imds_operator::telemetry::metrics::Metrics;
+use imds_test_support::{Moto, free_port};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -51,12 +50,12 @@ fn calls(metrics: &Metrics, outcome: &str) -> u64 {
 }
 
 /// The answer for one instance (panics if there is none).
-fn answer<'a>(answers: &'a HashMap<String, Result<f64, UsageError>>, id: &str) -> &'a Result<f64, UsageError> {
+fn answer<'a>(answers: &'a HashMap<String, Result<f64, AwsError>>, id: &str) -> &'a Result<f64, AwsError> {
     answers.get(id).unwrap_or_else(|| panic!("no answer for {id}"))
 }
 
 /// The error for one instance (panics if it has a sum).
-fn error<'a>(answers: &'a HashMap<String, Result<f64, UsageError>>, id: &str) -> &'a UsageError {
+fn error<'a>(answers: &'a HashMap<String, Result<f64, AwsError>>, id: &str) -> &'a AwsError {
     match answer(answers, id) {
         Err(e) => e,
         Ok(sum) => panic!("{id}: expected an error, got {sum}"),
@@ -442,7 +441,7 @@ async fn access_denied_fails_every_id_of_the_batch() {
     assert_eq!(answers.len(), 501);
     for id in &ids[..500] {
         let e = error(&answers, id);
-        assert_eq!(e.kind, UsageErrorKind::PermissionDenied, "{e}");
+        assert_eq!(e.kind, AwsErrorKind::PermissionDenied, "{e}");
         assert_eq!(e.code, "AccessDenied");
         assert!(e.message.contains("cloudwatch:GetMetricData"), "{e}");
     }
@@ -467,7 +466,7 @@ async fn throttling_and_server_errors_are_transient() {
     for code in ["ThrottlingException", "SomethingUnexpected"] {
         let answers = usage.tokenless_calls(&ids, DAY, SystemTime::now()).await;
         let e = error(&answers, &ids[0]);
-        assert_eq!((e.kind, e.code.as_str()), (UsageErrorKind::Transient, code), "{e}");
+        assert_eq!((e.kind, e.code.as_str()), (AwsErrorKind::Transient, code), "{e}");
     }
     let throttled = "imds_operator_aws_api_throttled_total{operation=\"GetMetricData\"} 1";
     assert!(metrics.encode().contains(throttled));
@@ -487,7 +486,7 @@ async fn forbidden_or_missing_queries_fail_only_their_instance() {
     let ids = [instance_id(1), instance_id(2), instance_id(3)];
     let answers = usage.tokenless_calls(&ids, DAY, SystemTime::now()).await;
 
-    assert_eq!(error(&answers, &ids[0]).kind, UsageErrorKind::PermissionDenied);
+    assert_eq!(error(&answers, &ids[0]).kind, AwsErrorKind::PermissionDenied);
     assert_eq!(answer(&answers, &ids[1]), &Ok(2.0));
     assert_eq!(error(&answers, &ids[2]).code, "MissingResult");
 }
@@ -495,7 +494,7 @@ async fn forbidden_or_missing_queries_fail_only_their_instance() {
 /// No server at all: every id fails as `Transient`.
 #[tokio::test]
 async fn unreachable_endpoint_is_transient() -> Result<()> {
-    let port = support::free_port().context("a free port")?;
+    let port = free_port().context("a free port")?;
     let (usage, _) = reader(sdk_client(&format!("http://127.0.0.1:{port}")));
     let ids = [instance_id(1), instance_id(2)];
     let answers = usage.tokenless_calls(&ids, DAY, SystemTime::now()).await;
@@ -503,7 +502,7 @@ async fn unreachable_endpoint_is_transient() -> Result<()> {
         let e = error(&answers, id);
         assert_eq!(
             (e.kind, e.code.as_str()),
-            (UsageErrorKind::Transient, "DispatchFailure"),
+            (AwsErrorKind::Transient, "DispatchFailure"),
             "{e}"
         );
     }

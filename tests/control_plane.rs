@@ -1,8 +1,6 @@
 //! Tests of the test harness itself: a real control plane (etcd + kube-apiserver) and a moto
 //! server start, serve what the operator's tests need, and go away without a trace.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -10,11 +8,11 @@ use anyhow::{Context, Result};
 use aws_sdk_cloudwatch::error::DisplayErrorContext;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit, Statistic};
 use aws_sdk_ec2::types::{Filter, HttpTokensState, InstanceMetadataEndpointState};
+use imds_test_support::process::{ChildGuard, pid_alive};
+use imds_test_support::{ControlPlane, Moto, finish_temp_dir, keep_tmp, pinned_version, temp_dir};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
-use support::process::pid_alive;
-use support::{ControlPlane, Moto};
 
 fn meta(name: &str) -> ObjectMeta {
     ObjectMeta {
@@ -31,7 +29,7 @@ async fn control_plane_serves_the_api_with_rbac() -> Result<()> {
 
     // The version we pinned.
     let version = client.apiserver_version().await?;
-    assert_eq!(version.git_version, support::pinned_version("KUBE_VERSION")?);
+    assert_eq!(version.git_version, pinned_version("KUBE_VERSION")?);
 
     // Objects can be written and read back.
     let cms = Api::<ConfigMap>::namespaced(client.clone(), "default");
@@ -131,7 +129,7 @@ async fn control_plane_teardown_leaves_nothing_behind() -> Result<()> {
     eprintln!("control plane stopped in {:?}", stopping.elapsed());
     assert!(!pid_alive(apiserver), "kube-apiserver {apiserver} still there");
     assert!(!pid_alive(etcd), "etcd {etcd} still there");
-    if !support::keep_tmp() {
+    if !keep_tmp() {
         assert!(!dir.exists(), "{} still there", dir.display());
     }
     Ok(())
@@ -245,13 +243,13 @@ async fn moto_scenario() -> Result<()> {
 
 #[test]
 fn children_outlive_the_thread_that_started_them_but_not_their_guard() -> Result<()> {
-    let dir = support::temp_dir("process-check")?;
+    let dir = temp_dir("process-check")?;
     let log_dir = dir.path().to_path_buf();
     // Started from a thread that then exits: PR_SET_PDEATHSIG must not fire for that.
     let mut child = std::thread::spawn(move || {
         let mut cmd = std::process::Command::new("sleep");
         cmd.arg("60");
-        support::process::ChildGuard::spawn("sleeper", cmd, &log_dir)
+        ChildGuard::spawn("sleeper", cmd, &log_dir)
     })
     .join()
     .expect("spawning thread")?;
@@ -261,6 +259,6 @@ fn children_outlive_the_thread_that_started_them_but_not_their_guard() -> Result
     assert!(pid_alive(pid));
     drop(child);
     assert!(!pid_alive(pid), "sleep {pid} survived its guard");
-    support::finish_temp_dir(dir);
+    finish_temp_dir(dir);
     Ok(())
 }

@@ -1,15 +1,12 @@
-//! Tier-2 tests of the EC2 adaptor (`imds_operator::ec2`) against real EC2 wire protocol
+//! Tier-2 tests of the EC2 adaptor (`imds_operator::aws::ec2`) against real EC2 wire protocol
 //! servers: moto (the EC2 emulator) where it models the behaviour, and the local EC2 double
-//! (`tests/ec2_double`) where moto cannot: the `pending` apply state, DryRun on modify,
-//! `UnauthorizedOperation`, `UnsupportedOperation`, the refusal of instance metadata tags for
-//! tag keys IMDS cannot serve, and `RequestLimitExceeded` throttling (see ec2-imds.md, "moto —
-//! known differences from EC2").
+//! (`imds_test_support::ec2_double`) where moto cannot: the `pending` apply state, DryRun on
+//! modify, `UnauthorizedOperation`, `UnsupportedOperation`, the refusal of instance metadata tags
+//! for tag keys IMDS cannot serve, and `RequestLimitExceeded` throttling (see
+//! `docs/ec2-semantics.md`, "moto — known differences from EC2").
 //!
 //! Every test starts its own server. Run with `cargo test --test ec2_adaptor`; the moto tests
 //! need `hack/setup-moto.sh` (run on demand by the harness, cached afterwards).
-
-mod ec2_double;
-mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,13 +14,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use ec2_double::{DESCRIBE, Ec2Double, MODIFY, OPTION_PARAMS};
-use imds_operator::api::{HttpTokens, MetadataOptions, Toggle};
-use imds_operator::ec2::{DESCRIBE_BATCH, Ec2, Ec2ErrorKind, ORIGINAL_OPTIONS_TAG, RateLimits};
-use imds_operator::metrics::Metrics;
-use imds_operator::options::{ApplyState, Field, FullOptions, ObservedOptions};
-use imds_operator::plan::{FailureKind, Observation};
-use support::Moto;
+use imds_core::api::{HttpTokens, MetadataOptions, Toggle};
+use imds_core::observation::{FailureKind, Observation};
+use imds_core::options::{ApplyState, Field, FullOptions, ObservedOptions};
+use imds_operator::aws::AwsErrorKind;
+use imds_operator::aws::ec2::{DESCRIBE_BATCH, Ec2, ORIGINAL_OPTIONS_TAG, RateLimits};
+use imds_operator::telemetry::metrics::Metrics;
+use imds_test_support::Moto;
+use imds_test_support::ec2_double::{DESCRIBE, Ec2Double, MODIFY, OPTION_PARAMS};
 
 /// Client-side limits high enough never to slow a test down.
 const FAST: RateLimits = RateLimits {
@@ -200,7 +198,7 @@ async fn moto_missing_and_terminated_instances_are_not_found() -> Result<()> {
         .modify("i-00000000000000001", &HARDENED, false)
         .await
         .expect_err("modify of a nonexistent instance");
-    assert_eq!(err.kind, Ec2ErrorKind::NotFound, "{err}");
+    assert_eq!(err.kind, AwsErrorKind::NotFound, "{err}");
     assert_eq!(err.code, "InvalidInstanceID.NotFound");
     assert_eq!(
         api_calls(&metrics, "ModifyInstanceMetadataOptions", "InvalidInstanceID.NotFound"),
@@ -306,19 +304,19 @@ async fn dry_run_is_ok_or_permission_denied() {
         .modify(id, &HARDENED, true)
         .await
         .expect_err("a dry run always errs");
-    assert_eq!(err.kind, Ec2ErrorKind::DryRunOk, "{err}");
+    assert_eq!(err.kind, AwsErrorKind::DryRunOk, "{err}");
     assert_eq!(err.code, "DryRunOperation");
     assert_eq!(double.options(id), Some(LAUNCH_DEFAULTS), "a dry run changes nothing");
     assert_eq!(counter(&metrics, "imds_operator_instance_modifications_total"), 0);
 
     double.deny(MODIFY);
     let err = ec2.modify(id, &HARDENED, true).await.expect_err("denied dry run");
-    assert_eq!(err.kind, Ec2ErrorKind::PermissionDenied, "{err}");
+    assert_eq!(err.kind, AwsErrorKind::PermissionDenied, "{err}");
     assert_eq!(err.code, "UnauthorizedOperation");
     assert_eq!(err.to_failure().kind, FailureKind::PermissionDenied);
 
     let err = ec2.modify(id, &HARDENED, false).await.expect_err("denied modify");
-    assert_eq!(err.kind, Ec2ErrorKind::PermissionDenied, "{err}");
+    assert_eq!(err.kind, AwsErrorKind::PermissionDenied, "{err}");
     assert_eq!(double.options(id), Some(LAUNCH_DEFAULTS));
     assert_eq!(double.requests_for(MODIFY).len(), 3, "neither answer is retried");
     assert_eq!(
@@ -342,7 +340,7 @@ async fn unsupported_operation_is_unsupported() {
     };
 
     let err = ec2.modify(id, &with_ipv6, false).await.expect_err("IPv6 refused");
-    assert_eq!(err.kind, Ec2ErrorKind::Unsupported, "{err}");
+    assert_eq!(err.kind, AwsErrorKind::Unsupported, "{err}");
     assert_eq!(err.code, "UnsupportedOperation");
     assert_eq!(err.to_failure().kind, FailureKind::Unsupported);
     assert_eq!(
@@ -380,7 +378,7 @@ async fn metadata_tags_with_unservable_tag_keys_are_unsupported() {
 
     for (id, key) in [(&eks, "kubernetes.io/cluster/demo"), (&spaced, "Patch Group")] {
         let err = ec2.modify(id, &with_tags, false).await.expect_err("tags refused");
-        assert_eq!(err.kind, Ec2ErrorKind::Unsupported, "{err}");
+        assert_eq!(err.kind, AwsErrorKind::Unsupported, "{err}");
         assert_eq!(err.code, "InvalidParameterValue");
         assert!(err.message.contains(key), "{err}");
         assert_eq!(double.options(id), Some(LAUNCH_DEFAULTS));
@@ -401,7 +399,7 @@ async fn throttling_beyond_sdk_retries_is_transient() {
 
     double.throttle(MODIFY, 3);
     let err = ec2.modify(id, &HARDENED, false).await.expect_err("throttled");
-    assert_eq!(err.kind, Ec2ErrorKind::Transient, "{err}");
+    assert_eq!(err.kind, AwsErrorKind::Transient, "{err}");
     assert_eq!(err.code, "RequestLimitExceeded");
     assert_eq!(err.to_failure().kind, FailureKind::Transient);
     assert_eq!(double.requests_for(MODIFY).len(), 3, "the SDK tried 3 times");
@@ -542,14 +540,14 @@ async fn describe_reports_tags_and_not_found() {
     }
 
     let err = ec2.modify(&missing, &HARDENED, false).await.expect_err("missing");
-    assert_eq!(err.kind, Ec2ErrorKind::NotFound, "{err}");
+    assert_eq!(err.kind, AwsErrorKind::NotFound, "{err}");
     // What EC2 answers for a terminated instance is not documented; the double says
-    // IncorrectInstanceState (see ec2_double::Ec2Double::terminate).
+    // IncorrectInstanceState (see imds_test_support::ec2_double::Ec2Double::terminate).
     let err = ec2.modify(&terminated, &HARDENED, false).await.expect_err("terminated");
     assert_eq!(err.code, "IncorrectInstanceState", "{err}");
     let err = ec2.modify("i-bogus", &HARDENED, false).await.expect_err("malformed");
     assert_eq!(err.code, "InvalidInstanceID.Malformed");
-    assert_eq!(err.kind, Ec2ErrorKind::NotFound, "{err}");
+    assert_eq!(err.kind, AwsErrorKind::NotFound, "{err}");
 }
 
 /// The original options are recorded in a tag (CreateTags), read back by describe, and
@@ -579,7 +577,7 @@ async fn original_options_are_recorded_read_back_and_forgotten() {
     assert_eq!(api_calls(&metrics, "DeleteTags", "ok"), 1);
 }
 
-/// Bug (src/ec2.rs `ORIGINAL_OPTIONS_TAG`, src/iam.rs `ORIGINAL_OPTIONS_TAG_KEY`): the key
+/// Bug (src/aws/ec2.rs `ORIGINAL_OPTIONS_TAG`, src/cli/iam.rs `ORIGINAL_OPTIONS_TAG_KEY`): the key
 /// `imds-operator.io/original-options` contains `/`, which IMDS cannot serve. Once the operator
 /// has recorded an instance's originals, EC2 refuses to enable `instanceMetadataTags` on it
 /// (`InvalidParameterValue`, classified `Unsupported`, so never retried), and recording

@@ -1,8 +1,8 @@
 //! Bad input is rejected by the API server with a message that says what to fix, and nothing
 //! is created (so nothing can be modified).
 
-use crate::env::Cluster;
 use anyhow::Result;
+use imds_test_support::e2e::Cluster;
 
 fn policy(spec: &str) -> String {
     format!(
@@ -129,7 +129,7 @@ async fn invalid_policies_are_rejected_with_a_useful_message() -> Result<()> {
     cluster.kubectl(&["delete", "imp", "bad"])?;
 
     // The examples in the repository are valid.
-    for entry in std::fs::read_dir(crate::support::repo_root().join("examples/policies"))? {
+    for entry in std::fs::read_dir(imds_test_support::repo_root().join("examples/policies"))? {
         let path = entry?.path();
         let yaml = std::fs::read_to_string(&path)?;
         let out = cluster.kubectl_apply(&yaml)?;

@@ -1,14 +1,7 @@
 //! End-to-end tests (tier 3): the real operator binary against a real kube-apiserver + etcd and
 //! moto's EC2 server (or the local EC2 double where moto cannot model EC2). Each test has its
-//! own control plane and EC2 endpoint.
+//! own control plane and EC2 endpoint. The helpers are in `imds_test_support::e2e`.
 
-#[path = "../support/mod.rs"]
-mod support;
-
-#[path = "../ec2_double/mod.rs"]
-mod ec2_double;
-
-mod env;
 mod invalid;
 mod moto_scenarios;
 mod report;

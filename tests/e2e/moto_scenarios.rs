@@ -1,9 +1,9 @@
 //! Scenarios against moto: convergence, status, events, triggers, resync, audit, conflicts.
 
-use crate::env::{CONVERGE, Cluster, Operator, condition, imds, metric_sum, provider_id, wait_imds};
-use crate::support::Moto;
 use anyhow::Result;
 use aws_sdk_ec2::types::{HttpTokensState, InstanceMetadataEndpointState};
+use imds_test_support::Moto;
+use imds_test_support::e2e::{CONVERGE, Cluster, Operator, condition, imds, metric_sum, provider_id, wait_imds};
 
 const REQUIRE_V2: &str = r#"
 apiVersion: imds-operator.io/v1alpha1

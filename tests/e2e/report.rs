@@ -1,10 +1,10 @@
 //! `imds-operator report` against a real API server and moto: evaluates a policy that is not
 //! applied, prints a table or JSON, and says in its exit status whether the fleet complies.
 
-use crate::env::{Cluster, Operator};
-use crate::support::Moto;
 use anyhow::{Context, Result};
 use aws_sdk_ec2::types::{HttpTokensState, InstanceMetadataEndpointState};
+use imds_test_support::Moto;
+use imds_test_support::e2e::{Cluster, Operator};
 use std::process::Command;
 
 fn report(cluster: &Cluster, moto: &Moto, args: &[&str]) -> Result<(i32, String)> {

@@ -2,13 +2,13 @@
 //! DryRun, UnauthorizedOperation, tag-key refusals, non-Nitro IPv6), moto (with CloudWatch) for
 //! the IMDSv1-usage guard, staged rollout and restore-on-delete.
 
-use crate::ec2_double::{Ec2Double, MODIFY, OPTION_PARAMS};
-use crate::env::{CONVERGE, Cluster, Operator, condition, eventually, metric_sum, provider_id};
-use crate::support::Moto;
 use anyhow::Result;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
-use imds_operator::api::{HttpTokens, Toggle};
-use imds_operator::options::{Field, FullOptions};
+use imds_core::api::{HttpTokens, Toggle};
+use imds_core::options::{Field, FullOptions};
+use imds_test_support::Moto;
+use imds_test_support::e2e::{CONVERGE, Cluster, Operator, condition, eventually, metric_sum, provider_id};
+use imds_test_support::ec2_double::{Ec2Double, MODIFY, OPTION_PARAMS};
 use std::time::Duration;
 
 fn v1_instance() -> FullOptions {
@@ -257,7 +257,7 @@ async fn put_tokenless_calls(cw: &aws_sdk_cloudwatch::Client, id: &str, calls: f
 }
 
 async fn tokens_of(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<String> {
-    Ok(crate::env::imds(ec2, id).await?.0)
+    Ok(imds_test_support::e2e::imds(ec2, id).await?.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,10 +6,11 @@
 //! runs as a local process that authenticates as the chart's ServiceAccount (a TokenRequest
 //! token), which exercises exactly the RBAC the chart grants.
 
-use crate::env::{CONVERGE, Cluster, Operator, condition, eventually, metric_sum, provider_id, wait_imds};
-use crate::support::{self, ControlPlane, Moto};
 use anyhow::{Context, Result, bail, ensure};
-use imds_operator::api::InstanceMetadataPolicy;
+use imds_core::api::InstanceMetadataPolicy;
+use imds_test_support::e2e::{CONVERGE, Cluster, Operator, condition, eventually, metric_sum, provider_id, wait_imds};
+use imds_test_support::process::run_checked;
+use imds_test_support::{ControlPlane, Moto, repo_root};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -31,7 +32,7 @@ const LEASE_DURATION: &str = "4s";
 const HANDOVER_DEADLINE: Duration = Duration::from_secs(30);
 
 fn chart_dir() -> PathBuf {
-    support::repo_root().join("charts/imds-operator")
+    repo_root().join("charts/imds-operator")
 }
 
 fn nondefault_values() -> PathBuf {
@@ -74,7 +75,7 @@ fn helm_ok(cp: &ControlPlane, args: &[&str]) -> Result<String> {
 fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> Result<String> {
     let mut cmd = cp.kubectl();
     cmd.args(args);
-    Ok(text(&support::process::run_checked(&mut cmd)?.stdout))
+    Ok(text(&run_checked(&mut cmd)?.stdout))
 }
 
 /// The documents of a multi-document YAML stream (empty documents dropped).
@@ -274,7 +275,7 @@ async fn chart_lints_and_renders_for_the_api_server() -> Result<()> {
     assert!(!out.status.success(), "helm lint accepted a typo'd value");
 
     // The chart ships the same CRD as crds/ (byte for byte).
-    let top = std::fs::read(support::repo_root().join("crds").join(CRD_FILE))?;
+    let top = std::fs::read(repo_root().join("crds").join(CRD_FILE))?;
     let copy = std::fs::read(chart.join("crds").join(CRD_FILE))?;
     if top != copy {
         let (top, copy) = (text(&top), text(&copy));
@@ -365,7 +366,7 @@ fn can_i_list(cp: &ControlPlane, kubeconfig: &Path, namespace: &str) -> Result<S
         .arg(kubeconfig)
         .env("KUBECACHEDIR", cp.dir().join("kube-cache-sa"))
         .args(["auth", "can-i", "--list", "-n", namespace]);
-    Ok(text(&support::process::run_checked(&mut cmd)?.stdout))
+    Ok(text(&run_checked(&mut cmd)?.stdout))
 }
 
 fn row(resource: &str, names: &[&str], verbs: &[&str]) -> CanRow {
@@ -498,7 +499,7 @@ async fn operator_runs_as_the_charts_service_account_with_least_privilege() -> R
             .metadata
             .finalizers
             .unwrap_or_default()
-            .contains(&imds_operator::api::RESTORE_FINALIZER.to_string()),
+            .contains(&imds_core::api::RESTORE_FINALIZER.to_string()),
         "the operator could not add its finalizer"
     );
     let events = cluster.events_for("require-imdsv2").await?;

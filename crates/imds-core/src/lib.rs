@@ -1,0 +1,32 @@
+//! The pure core of imds-operator: every decision the operator makes, as functions of what was
+//! observed. Nothing here does IO (the dependency list has no tokio, AWS SDK or Kubernetes
+//! client); time is a parameter.
+//!
+//! - [`api`]: the `InstanceMetadataPolicy` custom resource (spec, status, condition types).
+//! - [`reason`]: every reason written to status and Events.
+//! - [`options`]: the five metadata options, EC2's launch defaults, the original-options record.
+//! - [`provider_id`]: Node `spec.providerID` → EC2 instance.
+//! - [`node`]: what the operator keeps of a Node.
+//! - [`observation`]: what observe hands to planning (nodes, instances, classified failures).
+//! - [`selection`]: which policies select a node and which one decides each option.
+//! - [`plan`]: per node, its state and the request to send; [`plan::guards`] checks requests.
+//! - [`rollout`]: staged rollout budget, settle and halt decisions.
+//! - [`requeue`]: when to look again (backoff per failure kind).
+//! - [`restore`]: what an instance needs when its `Restore` policy is deleted.
+//! - [`status`]: node plans → the policy's status and kstatus conditions.
+//! - `fixtures` (tests, or the `fixtures` feature): policy builders for tests.
+
+pub mod api;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
+pub mod node;
+pub mod observation;
+pub mod options;
+pub mod plan;
+pub mod provider_id;
+pub mod reason;
+pub mod requeue;
+pub mod restore;
+pub mod rollout;
+pub mod selection;
+pub mod status;

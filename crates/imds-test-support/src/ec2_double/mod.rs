@@ -1,0 +1,357 @@
+//! A small, in-process EC2 test double that speaks the EC2 Query protocol.
+//!
+//! moto (the EC2 emulator the other tests use) cannot show several behaviours that matter to the
+//! operator (see `docs/ec2-semantics.md`, "moto — known differences from EC2"): the `pending`
+//! apply state after a modify, `DryRun` on ModifyInstanceMetadataOptions, `UnauthorizedOperation`,
+//! `UnsupportedOperation`, EC2's refusal to enable instance metadata tags while a tag key is not
+//! valid for IMDS, `RequestLimitExceeded` throttling, and a log of every request. This double
+//! models exactly those, for four actions: DescribeInstances, ModifyInstanceMetadataOptions,
+//! CreateTags and DeleteTags (instances only). `docs/ec2-semantics.md` states each behaviour,
+//! its source, and the tests that rely on it.
+//!
+//! It is an HTTP server on `127.0.0.1:<ephemeral port>` that runs on its own thread with its own
+//! Tokio runtime, so it keeps answering while a test blocks (e.g. waiting for a child process),
+//! whatever runtime flavour the test uses. Point an SDK client at it with
+//! [`Ec2Double::sdk_client`], or a child process (the operator binary) with
+//! [`Ec2Double::aws_env`], which sets `AWS_ENDPOINT_URL`.
+//!
+//! Requests are form-encoded (`Action=...&Version=2016-11-15&...`, in the POST body or the query
+//! string); answers are EC2's XML. Errors are
+//! `<Response><Errors><Error><Code/><Message/></Error></Errors><RequestID/></Response>`, which is
+//! what `aws-sdk-ec2`'s `ec2_query_errors::parse_error_metadata` reads, with EC2's HTTP status:
+//! 400 for client errors, 403 `UnauthorizedOperation`, 412 `DryRunOperation`, 503
+//! `RequestLimitExceeded`. Input the double cannot parse is answered with a 400
+//! `InvalidParameterValue`; the server never panics on a request.
+//!
+//! Where EC2's behaviour is not documented, the double picks the plausible one and says so at
+//! the spot ("unverified").
+//!
+//! Layout: this module has the server, the routing, and the setup and inspection API; one
+//! submodule per action (`describe`: DescribeInstances, `modify`: ModifyInstanceMetadataOptions,
+//! `tags`: CreateTags and DeleteTags), each with the knobs that shape its answers; injected
+//! failures (throttling, denials, any error) in `faults`; the state the server and the test share
+//! in `state`; EC2's rules, the parameter parsing, the error answers and the XML in `rules`,
+//! `params`, `error` and `xml`.
+
+mod describe;
+mod error;
+mod faults;
+mod modify;
+mod params;
+mod rules;
+mod state;
+mod tags;
+mod xml;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::IntoFuture;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::MutexGuard;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use imds_core::options::FullOptions;
+
+use self::error::{Answer, ApiError};
+use self::state::{Instance, Shared, SharedState, lock};
+
+pub use self::faults::InjectedError;
+pub use self::state::{InstanceState, Recorded};
+
+/// The XML namespace of every EC2 response.
+pub const NAMESPACE: &str = "http://ec2.amazonaws.com/doc/2016-11-15/";
+/// The region the SDK client and [`Ec2Double::aws_env`] use.
+pub const REGION: &str = "us-east-1";
+/// The account that owns every instance.
+pub const ACCOUNT_ID: &str = "123456789012";
+/// Static test credentials (the double does not check signatures).
+pub const ACCESS_KEY_ID: &str = "testing";
+/// See [`ACCESS_KEY_ID`].
+pub const SECRET_ACCESS_KEY: &str = "testing";
+
+/// ModifyInstanceMetadataOptions.
+pub const MODIFY: &str = "ModifyInstanceMetadataOptions";
+/// DescribeInstances.
+pub const DESCRIBE: &str = "DescribeInstances";
+/// CreateTags.
+pub const CREATE_TAGS: &str = "CreateTags";
+/// DeleteTags.
+pub const DELETE_TAGS: &str = "DeleteTags";
+
+/// The five option parameters of ModifyInstanceMetadataOptions, as the SDK spells them.
+pub const OPTION_PARAMS: [&str; 5] = [
+    "HttpTokens",
+    "HttpPutResponseHopLimit",
+    "HttpEndpoint",
+    "HttpProtocolIpv6",
+    "InstanceMetadataTags",
+];
+
+/// A running double. Dropping it stops the server.
+#[derive(Debug)]
+pub struct Ec2Double {
+    state: SharedState,
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ec2Double {
+    /// Starts a server on `127.0.0.1:0` on its own thread. Panics if it cannot bind (test setup).
+    pub async fn start() -> Ec2Double {
+        Ec2Double::start_blocking()
+    }
+
+    /// [`Ec2Double::start`] for code outside an async context (it never blocks for long: the
+    /// socket is bound before it returns, so connections queue until the server thread accepts).
+    pub fn start_blocking() -> Ec2Double {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("ec2 double: binding 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("ec2 double: non-blocking listener");
+        let addr = listener.local_addr().expect("ec2 double: local address");
+        let state = SharedState::default();
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("ec2-double-{}", addr.port()))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        eprintln!("ec2 double: no runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            eprintln!("ec2 double: listener: {e}");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        served = axum::serve(listener, app).into_future() => {
+                            if let Err(e) = served {
+                                eprintln!("ec2 double: server stopped: {e}");
+                            }
+                        }
+                        _ = stopped => {}
+                    }
+                });
+                // Dropping the runtime here cancels the open connections' tasks.
+            })
+            .expect("ec2 double: spawning the server thread");
+        Ec2Double {
+            state,
+            addr,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// An EC2 client for the double: us-east-1, static test credentials, nothing from the
+    /// environment. Retries are the SDK's default (standard mode, 3 attempts) with a 10 ms initial
+    /// and 100 ms maximum backoff so that tests stay fast, and a retry partition of its own, so
+    /// that throttling in one test does not drain the retry quota of another.
+    pub async fn sdk_client(&self) -> aws_sdk_ec2::Client {
+        use aws_sdk_ec2::config::retry::{RetryConfig, RetryPartition};
+        use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+        let retry = RetryConfig::standard()
+            .with_initial_backoff(Duration::from_millis(10))
+            .with_max_backoff(Duration::from_millis(100));
+        let config = aws_sdk_ec2::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .credentials_provider(Credentials::new(
+                ACCESS_KEY_ID,
+                SECRET_ACCESS_KEY,
+                None,
+                None,
+                "ec2-double",
+            ))
+            .endpoint_url(self.endpoint())
+            .retry_config(retry)
+            .retry_partition(RetryPartition::new(format!("ec2-double-{}", self.addr.port())))
+            .build();
+        aws_sdk_ec2::Client::from_conf(config)
+    }
+
+    /// Environment for a child process (e.g. the operator binary) whose AWS SDK default chain
+    /// should talk to the double.
+    pub fn aws_env(&self) -> Vec<(String, String)> {
+        crate::moto::endpoint_env(&self.endpoint())
+    }
+
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        lock(&self.state)
+    }
+
+    /// Adds a running instance with `options` (applied) and `tags`. Panics on an ID EC2 would
+    /// call malformed, or one that exists already (mistakes in the test's setup).
+    pub fn add_instance(&self, id: &str, options: FullOptions, tags: &[(&str, &str)]) {
+        assert!(rules::well_formed_instance_id(id), "malformed instance ID {id:?}");
+        let mut shared = self.shared();
+        shared.reservation_count += 1;
+        let instance = Instance {
+            options,
+            pending_left: 0,
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            state: InstanceState::Running,
+            unsupported: BTreeSet::new(),
+            reservation_id: format!("r-{:017x}", shared.reservation_count),
+        };
+        let previous = shared.instances.insert(id.to_string(), instance);
+        assert!(previous.is_none(), "instance {id} added twice");
+    }
+
+    /// Marks an instance terminated: DescribeInstances still lists it (state `terminated`), and
+    /// a modify is refused with `IncorrectInstanceState` (unverified: EC2's exact answer for a
+    /// terminated instance is not documented).
+    pub fn terminate(&self, id: &str) {
+        self.with_instance(id, |i| i.state = InstanceState::Terminated);
+    }
+
+    /// Changes an instance's options out of band (another tool, a person in the console). The
+    /// change is applied at once.
+    pub fn set_options(&self, id: &str, options: FullOptions) {
+        self.with_instance(id, |i| {
+            i.options = options;
+            i.pending_left = 0;
+        });
+    }
+
+    /// An instance's current options.
+    pub fn options(&self, id: &str) -> Option<FullOptions> {
+        self.shared().instances.get(id).map(|i| i.options)
+    }
+
+    /// An instance's tags.
+    pub fn tags(&self, id: &str) -> Option<Vec<(String, String)>> {
+        self.shared().instances.get(id).map(|i| i.tags.clone())
+    }
+
+    /// Whether the instance's last modify still reports `pending`.
+    pub fn is_pending(&self, id: &str) -> Option<bool> {
+        self.shared().instances.get(id).map(|i| i.pending_left > 0)
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared().requests.clone()
+    }
+
+    /// The requests of one action, in arrival order.
+    pub fn requests_for(&self, action: &str) -> Vec<Recorded> {
+        self.shared()
+            .requests
+            .iter()
+            .filter(|r| r.action == action)
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets the request log.
+    pub fn clear_requests(&self) {
+        self.shared().requests.clear();
+    }
+
+    /// Runs `f` on an instance; panics if there is none (a mistake in the test's setup).
+    fn with_instance(&self, id: &str, f: impl FnOnce(&mut Instance)) {
+        let mut shared = self.shared();
+        let instance = shared
+            .instances
+            .get_mut(id)
+            .unwrap_or_else(|| panic!("no instance {id} in the ec2 double"));
+        f(instance);
+    }
+}
+
+impl Drop for Ec2Double {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server.
+// ---------------------------------------------------------------------------------------------
+
+/// The single handler: every path and method, the action chosen by the `Action` parameter.
+async fn handle(State(state): State<SharedState>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    let parsed = params::parse_form(query.as_deref().unwrap_or("").as_bytes()).and_then(|mut params| {
+        params.extend(params::parse_form(&body)?);
+        Ok(params)
+    });
+    let mut shared = lock(&state);
+    shared.request_count += 1;
+    let request_id = format!("00000000-0000-4000-8000-{:012x}", shared.request_count);
+    let answer = match parsed {
+        Ok(params) => {
+            let action = params.get("Action").cloned().unwrap_or_default();
+            shared.requests.push(Recorded {
+                action: action.clone(),
+                params: params.clone(),
+            });
+            dispatch(&mut shared, &action, &params, &request_id)
+        }
+        Err(message) => {
+            shared.requests.push(Recorded {
+                action: String::new(),
+                params: BTreeMap::new(),
+            });
+            Err(ApiError::invalid(message))
+        }
+    };
+    drop(shared);
+    let (status, body) = match answer {
+        Ok(body) => (StatusCode::OK, body),
+        Err(e) => (e.status, xml::error_xml(&e, &request_id)),
+    };
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/xml;charset=UTF-8".to_string()),
+            (header::HeaderName::from_static("x-amzn-requestid"), request_id),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Routes one parsed request. Injected errors come first (a throttled call is refused before
+/// EC2 looks at it), then the action's own checks.
+fn dispatch(shared: &mut Shared, action: &str, params: &BTreeMap<String, String>, request_id: &str) -> Answer {
+    if action.is_empty() {
+        return Err(ApiError::missing("Action"));
+    }
+    if let Some(injected) = faults::take_injected(shared, action) {
+        return Err(injected);
+    }
+    match action {
+        DESCRIBE => describe::describe_instances(shared, params, request_id),
+        MODIFY => modify::modify_options(shared, params, request_id),
+        CREATE_TAGS => tags::create_tags(shared, params, request_id),
+        DELETE_TAGS => tags::delete_tags(shared, params, request_id),
+        other => Err(ApiError::bad(
+            "InvalidAction",
+            format!("The action {other} is not valid for this web service."),
+        )),
+    }
+}

@@ -1,0 +1,94 @@
+//! What the server and the test share: the simulated instances, the knobs, the request log.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use imds_core::options::{Field, FullOptions};
+
+use super::InjectedError;
+
+/// One request the double received, in arrival order (failed and throttled ones included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    /// The `Action` parameter (empty when the request could not be parsed).
+    pub action: String,
+    /// Every parameter, `Action` and `Version` included.
+    pub params: BTreeMap<String, String>,
+}
+
+impl Recorded {
+    /// One parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// Whether the request had `DryRun=true`.
+    pub fn dry_run(&self) -> bool {
+        self.param("DryRun") == Some("true")
+    }
+}
+
+/// An instance's lifecycle state, as far as the double models it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceState {
+    /// `running` (code 16).
+    Running,
+    /// `terminated` (code 48): still listed by DescribeInstances, as EC2 does for about an hour.
+    Terminated,
+}
+
+impl InstanceState {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            InstanceState::Running => "running",
+            InstanceState::Terminated => "terminated",
+        }
+    }
+
+    pub(super) fn code(self) -> u16 {
+        match self {
+            InstanceState::Running => 16,
+            InstanceState::Terminated => 48,
+        }
+    }
+}
+
+/// One simulated instance.
+#[derive(Clone, Debug)]
+pub(super) struct Instance {
+    pub(super) options: FullOptions,
+    /// DescribeInstances answers that still report `pending` for the last modify.
+    pub(super) pending_left: u32,
+    /// Tags in the order they were first set (EC2 keeps one value per key).
+    pub(super) tags: Vec<(String, String)>,
+    pub(super) state: InstanceState,
+    /// Options this instance cannot take (see [`super::Ec2Double::unsupported`]).
+    pub(super) unsupported: BTreeSet<Field>,
+    pub(super) reservation_id: String,
+}
+
+/// Everything the server and the test share.
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    /// Sorted by ID, so pagination is stable.
+    pub(super) instances: BTreeMap<String, Instance>,
+    /// How many DescribeInstances answers report `pending` after a modify.
+    pub(super) pending_describes: u32,
+    /// At most this many instances per DescribeInstances page, whatever `MaxResults` says.
+    pub(super) max_page_size: Option<usize>,
+    /// Actions answered with `UnauthorizedOperation`.
+    pub(super) denied: BTreeSet<String>,
+    /// Errors to answer the next calls of an action with, in order.
+    pub(super) injected: HashMap<String, VecDeque<InjectedError>>,
+    pub(super) requests: Vec<Recorded>,
+    pub(super) request_count: u64,
+    pub(super) reservation_count: u64,
+}
+
+pub(super) type SharedState = Arc<Mutex<Shared>>;
+
+pub(super) fn lock(state: &SharedState) -> MutexGuard<'_, Shared> {
+    // A panic while holding the lock cannot leave `Shared` half-updated in a way that matters
+    // to a test double; keep serving.
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,331 @@
+//! The EC2 adaptor: batched DescribeInstances, full-option ModifyInstanceMetadataOptions, client-
+//! side rate limits, and the classification of EC2 errors into what the controller does next.
+
+use super::attempts::AttemptMetrics;
+use super::error::{AwsError, Service, from_sdk};
+use super::ratelimit::RateLimiter;
+use crate::telemetry::metrics::Metrics;
+use aws_sdk_ec2::types::{
+    Filter, HttpTokensState, InstanceMetadataEndpointState, InstanceMetadataOptionsResponse,
+    InstanceMetadataOptionsState, InstanceMetadataProtocolState, InstanceMetadataTagsState, InstanceStateName,
+};
+use imds_core::api::{HttpTokens, MetadataOptions, Toggle};
+use imds_core::observation::Observation;
+use imds_core::options::{ApplyState, FullOptions, ObservedOptions};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// At most this many values in one `instance-id` filter (EC2 rejects more than 200).
+pub const DESCRIBE_BATCH: usize = 200;
+/// Page size of DescribeInstances.
+const PAGE_SIZE: i32 = 1000;
+
+/// The instance tag in which the operator records an instance's options before it first
+/// changes them (read back by restore-on-delete). No `/` or space: EC2 refuses
+/// `instanceMetadataTags: enabled` on instances with such tag keys.
+pub const ORIGINAL_OPTIONS_TAG: &str = "imds-operator.io:original-options";
+
+/// What DescribeInstances says of one instance, beyond the options.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct InstanceFacts {
+    /// The metadata options.
+    pub options: ObservedOptions,
+    /// The instance's tag keys.
+    pub tag_keys: Vec<String>,
+    /// The value of [`ORIGINAL_OPTIONS_TAG`], when the instance has it.
+    pub original_options: Option<String>,
+}
+
+/// One instance as read by [`Ec2::describe_instances`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Described {
+    /// Found, not found, or the batch's error.
+    pub observation: Observation,
+    /// Tag keys (empty unless found).
+    pub tag_keys: Vec<String>,
+    /// The recorded original options, if any.
+    pub original_options: Option<String>,
+}
+
+/// Converts EC2's metadata options.
+pub fn observed_from(response: Option<&InstanceMetadataOptionsResponse>) -> ObservedOptions {
+    let Some(r) = response else {
+        return ObservedOptions::default();
+    };
+    let toggle = |s: &str| Toggle::from_ec2(s);
+    ObservedOptions {
+        values: MetadataOptions {
+            http_tokens: r.http_tokens().and_then(|t| HttpTokens::from_ec2(t.as_str())),
+            http_put_response_hop_limit: r.http_put_response_hop_limit(),
+            http_endpoint: r.http_endpoint().and_then(|v| toggle(v.as_str())),
+            http_protocol_ipv6: r.http_protocol_ipv6().and_then(|v| toggle(v.as_str())),
+            instance_metadata_tags: r.instance_metadata_tags().and_then(|v| toggle(v.as_str())),
+        },
+        state: match r.state() {
+            Some(InstanceMetadataOptionsState::Pending) => ApplyState::Pending,
+            _ => ApplyState::Applied,
+        },
+    }
+}
+
+/// The EC2 API, rate-limited and counted.
+#[derive(Clone, Debug)]
+pub struct Ec2 {
+    client: aws_sdk_ec2::Client,
+    describe_limit: Arc<RateLimiter>,
+    modify_limit: Arc<RateLimiter>,
+    metrics: Arc<Metrics>,
+}
+
+/// Client-side rate limits.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimits {
+    /// DescribeInstances calls per second.
+    pub describe_per_second: f64,
+    /// DescribeInstances burst.
+    pub describe_burst: u32,
+    /// ModifyInstanceMetadataOptions calls per second.
+    pub modify_per_second: f64,
+    /// ModifyInstanceMetadataOptions burst.
+    pub modify_burst: u32,
+}
+
+impl Ec2 {
+    /// Wraps an SDK client.
+    pub fn new(client: aws_sdk_ec2::Client, limits: RateLimits, metrics: Arc<Metrics>) -> Ec2 {
+        let config = client
+            .config()
+            .to_builder()
+            .interceptor(AttemptMetrics::new(metrics.clone()))
+            .build();
+        Ec2 {
+            client: aws_sdk_ec2::Client::from_conf(config),
+            describe_limit: Arc::new(RateLimiter::new(limits.describe_burst, limits.describe_per_second)),
+            modify_limit: Arc::new(RateLimiter::new(limits.modify_burst, limits.modify_per_second)),
+            metrics,
+        }
+    }
+
+    /// Modify tokens available now (how many requests can go out without waiting).
+    pub async fn modify_tokens(&self) -> u32 {
+        self.modify_limit.available().await
+    }
+
+    fn record<T>(&self, operation: &str, result: &Result<T, AwsError>) {
+        match result {
+            Ok(_) => self.metrics.aws_call(operation, "ok"),
+            Err(e) => self.metrics.aws_call(operation, &e.code),
+        }
+    }
+
+    /// Reads the instances, at most [`DESCRIBE_BATCH`] IDs per `instance-id` filter, paginated:
+    /// ⌈N/200⌉ calls for N instances (plus one per extra page). Every requested ID gets an
+    /// observation: found, not found (absent or terminated), or the batch's error.
+    pub async fn describe(&self, instance_ids: &[String]) -> HashMap<String, (Observation, Vec<String>)> {
+        self.describe_instances(instance_ids)
+            .await
+            .into_iter()
+            .map(|(id, d)| (id, (d.observation, d.tag_keys)))
+            .collect()
+    }
+
+    /// Like [`Ec2::describe`], with the recorded original options.
+    pub async fn describe_instances(&self, instance_ids: &[String]) -> HashMap<String, Described> {
+        let mut out = HashMap::with_capacity(instance_ids.len());
+        let mut ids: Vec<String> = instance_ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        for chunk in ids.chunks(DESCRIBE_BATCH) {
+            match self.describe_chunk(chunk).await {
+                Ok(found) => {
+                    for id in chunk {
+                        let entry = match found.get(id) {
+                            Some(facts) => Described {
+                                observation: Observation::Found(facts.options.clone()),
+                                tag_keys: facts.tag_keys.clone(),
+                                original_options: facts.original_options.clone(),
+                            },
+                            None => Described {
+                                observation: Observation::NotFound,
+                                tag_keys: Vec::new(),
+                                original_options: None,
+                            },
+                        };
+                        out.insert(id.clone(), entry);
+                    }
+                }
+                Err(err) => {
+                    let failure = err.to_failure();
+                    for id in chunk {
+                        let described = Described {
+                            observation: Observation::Failed(failure.clone()),
+                            tag_keys: Vec::new(),
+                            original_options: None,
+                        };
+                        out.insert(id.clone(), described);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn describe_chunk(&self, chunk: &[String]) -> Result<HashMap<String, InstanceFacts>, AwsError> {
+        let mut found = HashMap::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            self.describe_limit.acquire().await;
+            let filter = Filter::builder()
+                .name("instance-id")
+                .set_values(Some(chunk.to_vec()))
+                .build();
+            let result = self
+                .client
+                .describe_instances()
+                .filters(filter)
+                .max_results(PAGE_SIZE)
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|e| from_sdk(Service::Ec2, "DescribeInstances", e));
+            self.record("DescribeInstances", &result);
+            if matches!(&result, Err(e) if e.is_throttling()) {
+                self.describe_limit.throttled().await;
+            }
+            let page = result?;
+            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+                let Some(id) = instance.instance_id() else {
+                    continue;
+                };
+                let gone = matches!(
+                    instance.state().and_then(|s| s.name()),
+                    Some(InstanceStateName::Terminated) | Some(InstanceStateName::ShuttingDown)
+                );
+                if gone {
+                    continue;
+                }
+                let original_options = instance
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == Some(ORIGINAL_OPTIONS_TAG))
+                    .and_then(|t| t.value().map(String::from));
+                found.insert(
+                    id.to_string(),
+                    InstanceFacts {
+                        options: observed_from(instance.metadata_options()),
+                        tag_keys: instance
+                            .tags()
+                            .iter()
+                            .filter_map(|t| t.key().map(String::from))
+                            .collect(),
+                        original_options,
+                    },
+                );
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// Sends one complete request (all five options). `dry_run` asks EC2 whether the call would
+    /// be allowed: the answer is then always an error, `DryRunOk` when it would.
+    pub async fn modify(
+        &self,
+        instance_id: &str,
+        options: &FullOptions,
+        dry_run: bool,
+    ) -> Result<ObservedOptions, AwsError> {
+        self.modify_limit.acquire().await;
+        let result = self
+            .client
+            .modify_instance_metadata_options()
+            .instance_id(instance_id)
+            .http_tokens(HttpTokensState::from(options.http_tokens.as_str()))
+            .http_put_response_hop_limit(options.hop_limit)
+            .http_endpoint(InstanceMetadataEndpointState::from(options.http_endpoint.as_str()))
+            .http_protocol_ipv6(InstanceMetadataProtocolState::from(options.http_protocol_ipv6.as_str()))
+            .instance_metadata_tags(InstanceMetadataTagsState::from(options.instance_metadata_tags.as_str()))
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| from_sdk(Service::Ec2, "ModifyInstanceMetadataOptions", e));
+        self.record("ModifyInstanceMetadataOptions", &result);
+        if matches!(&result, Err(e) if e.is_throttling()) {
+            self.modify_limit.throttled().await;
+        }
+        let output = result?;
+        if !dry_run {
+            self.metrics.modified();
+        }
+        let mut observed = observed_from(output.instance_metadata_options());
+        // A response without options still means EC2 took the request: treat it as pending
+        // so the next describe confirms it.
+        if output.instance_metadata_options().is_none() {
+            observed.values = options.to_options();
+            observed.state = ApplyState::Pending;
+        }
+        Ok(observed)
+    }
+}
+
+impl Ec2 {
+    /// Records an instance's options before its first change, in [`ORIGINAL_OPTIONS_TAG`].
+    pub async fn record_original(&self, instance_id: &str, original: &FullOptions) -> Result<(), AwsError> {
+        self.modify_limit.acquire().await;
+        let tag = aws_sdk_ec2::types::Tag::builder()
+            .key(ORIGINAL_OPTIONS_TAG)
+            .value(original.to_tag_value())
+            .build();
+        let result = self
+            .client
+            .create_tags()
+            .resources(instance_id)
+            .tags(tag)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| from_sdk(Service::Ec2, "CreateTags", e));
+        self.record("CreateTags", &result);
+        result
+    }
+
+    /// Removes [`ORIGINAL_OPTIONS_TAG`] once nothing needs it any more.
+    pub async fn forget_original(&self, instance_id: &str) -> Result<(), AwsError> {
+        self.modify_limit.acquire().await;
+        let tag = aws_sdk_ec2::types::Tag::builder().key(ORIGINAL_OPTIONS_TAG).build();
+        let result = self
+            .client
+            .delete_tags()
+            .resources(instance_id)
+            .tags(tag)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| from_sdk(Service::Ec2, "DeleteTags", e));
+        self.record("DeleteTags", &result);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observed_options_from_ec2() {
+        let response = InstanceMetadataOptionsResponse::builder()
+            .state(InstanceMetadataOptionsState::Pending)
+            .http_tokens(HttpTokensState::Required)
+            .http_put_response_hop_limit(2)
+            .http_endpoint(InstanceMetadataEndpointState::Enabled)
+            .build();
+        let observed = observed_from(Some(&response));
+        assert_eq!(observed.state, ApplyState::Pending);
+        assert_eq!(observed.values.http_tokens, Some(HttpTokens::Required));
+        assert_eq!(observed.values.http_put_response_hop_limit, Some(2));
+        assert_eq!(observed.values.http_protocol_ipv6, None, "not reported stays unknown");
+    }
+}

@@ -1,0 +1,16 @@
+//! The AWS adaptors: the only code that talks to EC2 and CloudWatch.
+//!
+//! - [`error`]: one classification of AWS errors for both services.
+//! - [`ec2`]: batched DescribeInstances, full-option ModifyInstanceMetadataOptions, the
+//!   original-options tag.
+//! - [`cloudwatch`]: `MetadataNoToken` (IMDSv1 usage) through GetMetricData.
+//! - [`ratelimit`]: client-side token buckets.
+//! - [`attempts`]: an SDK interceptor that counts every attempt (throttled ones and retries).
+
+pub mod attempts;
+pub mod cloudwatch;
+pub mod ec2;
+pub mod error;
+pub mod ratelimit;
+
+pub use error::{AwsError, AwsErrorKind, Service};

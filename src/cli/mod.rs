@@ -1,0 +1,11 @@
+//! The commands of the `imds-operator` binary.
+//!
+//! - [`run`]: the operator (leader election, health and metrics, the controller).
+//! - [`report`]: a one-shot compliance report of every node.
+//! - [`iam`]: the IAM policy documents the operator's role (and a launch guard) need.
+//! - [`crd`]: the CustomResourceDefinition as YAML.
+
+pub mod crd;
+pub mod iam;
+pub mod report;
+pub mod run;

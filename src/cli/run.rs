@@ -1,0 +1,286 @@
+//! `imds-operator run`: clients, health and metrics servers, leader election, the controller.
+
+use crate::aws::cloudwatch::UsageReader;
+use crate::aws::ec2::{Ec2, RateLimits};
+use crate::controller::{self, Clients, Context, ControllerConfig, Stores};
+use crate::telemetry::health::{self, Health};
+use crate::telemetry::logging::{self, LogFormat};
+use crate::telemetry::metrics::Metrics;
+use anyhow::Context as _;
+use imds_core::api::MANAGER;
+use kube::runtime::events::{Recorder, Reporter};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Flags of `imds-operator run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// How often every policy is re-checked against EC2 even when nothing changed in the
+    /// cluster; catches changes made outside it (console, CLI, launch templates).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "IMDS_OPERATOR_RESYNC_PERIOD")]
+    pub resync_period: Duration,
+    /// Policies reconciled at the same time.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: u16,
+    /// ModifyInstanceMetadataOptions calls per second (EC2's account-wide bucket refills 5/s).
+    #[arg(long, default_value_t = 2.0)]
+    pub modify_rate: f64,
+    /// ModifyInstanceMetadataOptions burst (EC2's account-wide bucket holds 100).
+    #[arg(long, default_value_t = 20)]
+    pub modify_burst: u32,
+    /// DescribeInstances calls per second (EC2's bucket for filtered calls refills 20/s).
+    #[arg(long, default_value_t = 5.0)]
+    pub describe_rate: f64,
+    /// DescribeInstances burst (EC2's bucket holds 100).
+    #[arg(long, default_value_t = 10)]
+    pub describe_burst: u32,
+    /// At most this many modify requests per reconcile of one policy; the rest follow in the
+    /// next reconcile, so status shows progress on large fleets.
+    #[arg(long, default_value_t = 50)]
+    pub max_modifies_per_reconcile: usize,
+    /// Address of the metrics endpoint (`/metrics`).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Address of the health endpoints (`/healthz`, `/readyz`).
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    pub health_addr: SocketAddr,
+    /// Log level (trace, debug, info, warn, error); `RUST_LOG` overrides it.
+    #[arg(long, default_value = "info", env = "IMDS_OPERATOR_LOG_LEVEL")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", env = "IMDS_OPERATOR_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Elect a leader through a coordination.k8s.io Lease, so that of several replicas exactly
+    /// one writes to EC2 and to status.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "imds-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (defaults to the pod's namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long a lease is valid without renewal; a standby takes over within this time.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// This replica's identity in the Lease and in Events (defaults to the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// Runs until SIGTERM/SIGINT, or until leadership is lost (then exits with an error so the pod
+/// restarts as a standby).
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    logging::init(&args.log_level, args.log_format).map_err(|e| anyhow::anyhow!("logging: {e}"))?;
+    install_crypto_provider();
+    let client = connect_kube().await?;
+    let metrics = Arc::new(Metrics::new());
+    let (ec2, usage) = aws_clients(&args, metrics.clone()).await;
+
+    let health = Arc::new(Health::default());
+    health::serve(args.health_addr, args.metrics_addr, health.clone(), metrics.clone())
+        .await
+        .context("binding the health and metrics ports")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        let _ = stop_tx.send(true);
+    });
+
+    let identity = args.identity.clone().unwrap_or_else(random_identity);
+    let lease = if args.leader_election {
+        match lead(&args, &client, &identity, &health, stop_rx.clone()).await? {
+            Some(lease) => Some(lease),
+            None => return Ok(()), // stopped while standing by
+        }
+    } else {
+        health.set_ready(true);
+        None
+    };
+    metrics.set_leader(true);
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.to_string(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let clients = Clients {
+        kube: client.clone(),
+        ec2,
+        usage,
+        recorder,
+    };
+    let config = ControllerConfig {
+        resync_period: args.resync_period,
+        concurrency: args.concurrency,
+        max_modifies_per_reconcile: args.max_modifies_per_reconcile.max(1),
+    };
+    let build = move |stores| Arc::new(Context::new(clients, stores, metrics, config));
+    tracing::info!(resync = ?args.resync_period, "controller starting");
+    let lost = run_controller(
+        build,
+        client,
+        stop_rx,
+        lease.as_ref().map(|(leading, _)| leading.clone()),
+    )
+    .await;
+    if let Some((leading, task)) = lease {
+        drop(leading);
+        let _ = task.await; // releases the lease
+    }
+    if lost {
+        anyhow::bail!("lost the leader lease; exiting so that this replica restarts as a standby");
+    }
+    Ok(())
+}
+
+async fn connect_kube() -> anyhow::Result<kube::Client> {
+    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    let version = client
+        .apiserver_version()
+        .await
+        .context("reaching the Kubernetes API server")?;
+    tracing::info!(server = %version.git_version, "connected to Kubernetes");
+    Ok(client)
+}
+
+/// The EC2 and CloudWatch adaptors. Timeouts keep a hung connection from stalling a reconcile;
+/// the SDK's standard retry (3 attempts, jittered backoff) stays.
+async fn aws_clients(args: &RunArgs, metrics: Arc<Metrics>) -> (Ec2, UsageReader) {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .operation_attempt_timeout(Duration::from_secs(20))
+        .operation_timeout(Duration::from_secs(60))
+        .connect_timeout(Duration::from_secs(5))
+        .build();
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .load()
+        .await;
+    let limits = RateLimits {
+        describe_per_second: args.describe_rate,
+        describe_burst: args.describe_burst,
+        modify_per_second: args.modify_rate,
+        modify_burst: args.modify_burst,
+    };
+    let ec2 = Ec2::new(aws_sdk_ec2::Client::new(&aws), limits, metrics.clone());
+    let usage = UsageReader::new(aws_sdk_cloudwatch::Client::new(&aws), metrics);
+    (ec2, usage)
+}
+
+/// A held lease: whether this replica leads, and the task that renews (and on drop releases) it.
+type Lease = (
+    watch::Receiver<bool>,
+    tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+);
+
+/// Stands by until this replica holds the lease; `None` when told to stop first.
+async fn lead(
+    args: &RunArgs,
+    client: &kube::Client,
+    identity: &str,
+    health: &Health,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Lease>> {
+    let namespace = args.lease_namespace.clone().unwrap_or_else(|| "default".to_string());
+    let duration = args.lease_duration.as_secs().max(2);
+    let grace = (duration / 3).max(1);
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(namespace.clone())
+        .with_identity(identity)
+        .with_duration(duration)
+        .with_grace(grace)
+        .build()
+        .await
+        .context("creating the lease manager")?;
+    let (mut leading, task) = manager.watch().await;
+    health.set_ready(true);
+    tracing::info!(lease = %args.lease_name, %namespace, %identity, "waiting for leadership");
+    while !*leading.borrow() {
+        tokio::select! {
+            changed = leading.changed() => changed.context("lease manager stopped")?,
+            _ = stop.changed() => {
+                drop(leading);
+                let _ = task.await;
+                return Ok(None);
+            }
+        }
+    }
+    tracing::info!(%identity, "became the leader");
+    Ok(Some((leading, task)))
+}
+
+/// Runs the controller until SIGTERM (graceful: in-flight reconciles and their EC2 calls
+/// finish) or until the lease is lost (the controller is dropped at once, aborting in-flight
+/// reconciles, so that this replica stops writing before the new leader starts). True when the
+/// lease was lost.
+async fn run_controller(
+    build: impl FnOnce(Stores) -> Arc<Context>,
+    client: kube::Client,
+    mut stop: watch::Receiver<bool>,
+    leading: Option<watch::Receiver<bool>>,
+) -> bool {
+    let shutdown = async move {
+        let _ = stop.changed().await;
+    };
+    let lease_lost = async move {
+        match leading {
+            Some(mut leading) => {
+                while leading.changed().await.is_ok() {
+                    if !*leading.borrow() {
+                        return;
+                    }
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = controller::run(build, client, shutdown) => {
+            tracing::info!("controller stopped; in-flight reconciles finished");
+            false
+        }
+        _ = lease_lost => {
+            tracing::error!("lost the leader lease; in-flight reconciles aborted");
+            true
+        }
+    }
+}
+
+/// kube's client needs rustls' process-wide provider chosen, because both ring and aws-lc-rs
+/// are linked (the AWS SDK brings the latter). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn random_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "imds-operator".to_string());
+    format!("{host}-{}", std::process::id())
+}

@@ -1,0 +1,310 @@
+//! What the operator remembers about instances between reconciles: the last observation (so a
+//! reconcile triggered by one node reads only that node's instance), and requests EC2 refused
+//! for good. Shared by every policy's reconcile.
+
+use crate::aws::ec2::{Described, ORIGINAL_OPTIONS_TAG};
+use imds_core::observation::{Failure, Observation};
+use imds_core::options::{ApplyState, FullOptions};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Clone, Debug)]
+struct Entry {
+    observation: Observation,
+    tag_keys: Vec<String>,
+    original: Option<String>,
+    fetched: Instant,
+}
+
+/// A modification the operator made, kept to watch the node's health afterwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The node.
+    pub node: String,
+    /// When EC2 accepted the request.
+    pub at: Instant,
+    /// Whether the node was Ready then.
+    pub was_ready: bool,
+}
+
+/// How long a CloudWatch answer about IMDSv1 usage is reused.
+const USAGE_TTL: Duration = Duration::from_secs(300);
+/// How long a failed CloudWatch read is reused before trying again.
+const USAGE_ERROR_TTL: Duration = Duration::from_secs(60);
+/// Changes older than this are forgotten (the longest halt window the API allows).
+const CHANGE_MEMORY: Duration = Duration::from_secs(86_400);
+
+/// The shared instance cache.
+#[derive(Debug, Default)]
+pub struct InstanceCache {
+    entries: HashMap<String, Entry>,
+    refusals: HashMap<String, (FullOptions, Failure)>,
+    in_flight: HashSet<String>,
+    usage: HashMap<(String, u64), (Result<f64, Failure>, Instant)>,
+    changes: HashMap<String, Change>,
+}
+
+impl InstanceCache {
+    /// The instances among `ids` that must be (re-)read: never read, read more than `max_age`
+    /// ago, failed, or with a change pending.
+    pub fn stale<'a>(&self, ids: impl IntoIterator<Item = &'a String>, now: Instant, max_age: Duration) -> Vec<String> {
+        ids.into_iter()
+            .filter(|id| match self.entries.get(*id) {
+                None => true,
+                Some(e) => {
+                    now.saturating_duration_since(e.fetched) >= max_age
+                        || match &e.observation {
+                            Observation::Found(o) => o.state == ApplyState::Pending,
+                            Observation::NotFound => false,
+                            Observation::Failed(_) => true,
+                        }
+                }
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Records an observation.
+    pub fn observe(&mut self, id: &str, observation: Observation, tag_keys: Vec<String>, now: Instant) {
+        let original = self.entries.get(id).and_then(|e| e.original.clone());
+        self.entries.insert(
+            id.to_string(),
+            Entry {
+                observation,
+                tag_keys,
+                original,
+                fetched: now,
+            },
+        );
+    }
+
+    /// Records what a DescribeInstances issued at `issued` said, including the original-options
+    /// tag — unless the entry was updated after that (a modify answer from another reconcile
+    /// is newer than a describe that was already on its way).
+    pub fn observe_described(&mut self, id: &str, described: Described, issued: Instant) {
+        if self.entries.get(id).is_some_and(|e| e.fetched > issued) {
+            return;
+        }
+        let now = issued;
+        self.entries.insert(
+            id.to_string(),
+            Entry {
+                observation: described.observation,
+                tag_keys: described.tag_keys,
+                original: described.original_options,
+                fetched: now,
+            },
+        );
+    }
+
+    /// The recorded original options (the instance tag's value), when known.
+    pub fn original(&self, id: &str) -> Option<&str> {
+        self.entries.get(id).and_then(|e| e.original.as_deref())
+    }
+
+    /// Notes that the original options were recorded on the instance.
+    pub fn set_original(&mut self, id: &str, value: String) {
+        if let Some(e) = self.entries.get_mut(id) {
+            e.original = Some(value);
+            if !e.tag_keys.iter().any(|k| k == ORIGINAL_OPTIONS_TAG) {
+                e.tag_keys.push(ORIGINAL_OPTIONS_TAG.to_string());
+            }
+        }
+    }
+
+    /// Notes that the original-options tag was removed.
+    pub fn clear_original(&mut self, id: &str) {
+        if let Some(e) = self.entries.get_mut(id) {
+            e.original = None;
+            e.tag_keys.retain(|k| k != ORIGINAL_OPTIONS_TAG);
+        }
+    }
+
+    /// IMDSv1 usage read from CloudWatch for this lookback, while still fresh.
+    pub fn usage(&self, id: &str, lookback: Duration, now: Instant) -> Option<Result<f64, Failure>> {
+        let (value, at) = self.usage.get(&(id.to_string(), lookback.as_secs()))?;
+        let ttl = if value.is_ok() { USAGE_TTL } else { USAGE_ERROR_TTL };
+        (now.saturating_duration_since(*at) < ttl).then(|| value.clone())
+    }
+
+    /// Stores IMDSv1 usage.
+    pub fn set_usage(&mut self, id: &str, lookback: Duration, value: Result<f64, Failure>, now: Instant) {
+        self.usage.insert((id.to_string(), lookback.as_secs()), (value, now));
+    }
+
+    /// Remembers a modification.
+    pub fn record_change(&mut self, id: &str, change: Change) {
+        self.changes
+            .retain(|_, c| change.at.saturating_duration_since(c.at) < CHANGE_MEMORY);
+        self.changes.insert(id.to_string(), change);
+    }
+
+    /// The last modification of an instance, if remembered.
+    pub fn change(&self, id: &str) -> Option<&Change> {
+        self.changes.get(id)
+    }
+
+    /// Forgets modifications (after a person resumed a halted rollout).
+    pub fn forget_changes<'a>(&mut self, ids: impl IntoIterator<Item = &'a String>) {
+        for id in ids {
+            self.changes.remove(id);
+        }
+    }
+
+    /// The observations of `ids` that are known.
+    pub fn observations<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> HashMap<String, Observation> {
+        ids.into_iter()
+            .filter_map(|id| self.entries.get(id).map(|e| (id.clone(), e.observation.clone())))
+            .collect()
+    }
+
+    /// The tag keys of an instance, when known.
+    pub fn tag_keys(&self, id: &str) -> Option<&[String]> {
+        self.entries.get(id).map(|e| e.tag_keys.as_slice())
+    }
+
+    /// Requests EC2 refused for good.
+    pub fn refusals(&self) -> &HashMap<String, (FullOptions, Failure)> {
+        &self.refusals
+    }
+
+    /// Remembers that EC2 refused `request` for `id` for good.
+    pub fn refuse(&mut self, id: &str, request: FullOptions, failure: Failure) {
+        self.refusals.insert(id.to_string(), (request, failure));
+    }
+
+    /// Claims an instance for a modify request; false when another reconcile has it.
+    pub fn claim(&mut self, id: &str) -> bool {
+        self.in_flight.insert(id.to_string())
+    }
+
+    /// Releases a claim.
+    pub fn release(&mut self, id: &str) {
+        self.in_flight.remove(id);
+    }
+
+    /// Forgets an instance whose node is gone.
+    pub fn forget(&mut self, id: &str) {
+        self.entries.remove(id);
+        self.refusals.remove(id);
+        self.changes.remove(id);
+        self.usage.retain(|(i, _), _| i != id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imds_core::observation::FailureKind;
+    use imds_core::options::ObservedOptions;
+
+    fn found(state: ApplyState) -> Observation {
+        Observation::Found(ObservedOptions {
+            values: Default::default(),
+            state,
+        })
+    }
+
+    #[test]
+    fn staleness() {
+        let t0 = Instant::now();
+        let max_age = Duration::from_secs(60);
+        let mut cache = InstanceCache::default();
+        let ids: Vec<String> = ["fresh", "pending", "old", "failed", "gone", "never"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        cache.observe("fresh", found(ApplyState::Applied), vec![], t0);
+        cache.observe("pending", found(ApplyState::Pending), vec![], t0);
+        cache.observe("old", found(ApplyState::Applied), vec![], t0 - Duration::from_secs(61));
+        cache.observe(
+            "failed",
+            Observation::Failed(Failure {
+                kind: FailureKind::Transient,
+                message: "x".into(),
+            }),
+            vec![],
+            t0,
+        );
+        cache.observe("gone", Observation::NotFound, vec![], t0);
+        let mut stale = cache.stale(&ids, t0 + Duration::from_secs(1), max_age);
+        stale.sort();
+        assert_eq!(stale, vec!["failed", "never", "old", "pending"]);
+    }
+
+    #[test]
+    fn usage_expires() {
+        let t0 = Instant::now();
+        let day = Duration::from_secs(86_400);
+        let mut cache = InstanceCache::default();
+        cache.set_usage("i-1", day, Ok(3.0), t0);
+        let denied = Failure {
+            kind: FailureKind::PermissionDenied,
+            message: "denied".into(),
+        };
+        cache.set_usage("i-2", day, Err(denied), t0);
+        assert_eq!(cache.usage("i-1", day, t0 + Duration::from_secs(10)), Some(Ok(3.0)));
+        assert_eq!(
+            cache.usage("i-1", Duration::from_secs(3600), t0),
+            None,
+            "other lookback"
+        );
+        assert_eq!(cache.usage("i-1", day, t0 + USAGE_TTL), None);
+        assert_eq!(cache.usage("i-2", day, t0 + USAGE_ERROR_TTL), None);
+    }
+
+    #[test]
+    fn original_survives_reobservation() {
+        let t0 = Instant::now();
+        let mut cache = InstanceCache::default();
+        cache.observe("i-1", found(ApplyState::Applied), vec![], t0);
+        cache.set_original("i-1", "x".into());
+        cache.observe("i-1", found(ApplyState::Applied), vec![], t0);
+        assert_eq!(cache.original("i-1"), Some("x"));
+        cache.clear_original("i-1");
+        assert_eq!(cache.original("i-1"), None);
+    }
+
+    #[test]
+    fn an_older_describe_does_not_overwrite_a_newer_answer() {
+        let t0 = Instant::now();
+        let mut cache = InstanceCache::default();
+        cache.observe("i-1", found(ApplyState::Pending), vec![], t0 + Duration::from_secs(2));
+        let stale = Described {
+            observation: found(ApplyState::Applied),
+            tag_keys: vec![],
+            original_options: None,
+        };
+        cache.observe_described("i-1", stale.clone(), t0 + Duration::from_secs(1));
+        assert_eq!(
+            cache.observations([&"i-1".to_string()]).remove("i-1"),
+            Some(found(ApplyState::Pending))
+        );
+        cache.observe_described("i-1", stale, t0 + Duration::from_secs(3));
+        assert_eq!(
+            cache.observations([&"i-1".to_string()]).remove("i-1"),
+            Some(found(ApplyState::Applied))
+        );
+    }
+
+    #[test]
+    fn claims_are_exclusive() {
+        let mut cache = InstanceCache::default();
+        assert!(cache.claim("i-1"));
+        assert!(!cache.claim("i-1"));
+        cache.release("i-1");
+        assert!(cache.claim("i-1"));
+    }
+
+    #[test]
+    fn forget_drops_dead_instances() {
+        let t0 = Instant::now();
+        let mut cache = InstanceCache::default();
+        cache.observe("a", found(ApplyState::Applied), vec!["k".into()], t0);
+        cache.observe("b", found(ApplyState::Applied), vec![], t0);
+        cache.forget("b");
+        assert_eq!(cache.tag_keys("a"), Some(&["k".to_string()][..]));
+        assert!(cache.tag_keys("b").is_none());
+    }
+}

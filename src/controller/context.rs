@@ -1,0 +1,82 @@
+//! What every reconcile shares: the clients, the reflector stores, the instance cache, the
+//! per-policy memory, metrics and tunables.
+
+use super::cache::InstanceCache;
+use super::memo::PolicyMemo;
+use crate::aws::cloudwatch::UsageReader;
+use crate::aws::ec2::Ec2;
+use crate::telemetry::metrics::Metrics;
+use imds_core::api::InstanceMetadataPolicy;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Tunables of the controller.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// How often every policy is re-checked against EC2 even when nothing changed in the cluster.
+    pub resync_period: Duration,
+    /// Policies reconciled at once.
+    pub concurrency: u16,
+    /// At most this many modify requests per reconcile; the rest follow in the next one.
+    pub max_modifies_per_reconcile: usize,
+}
+
+/// The clients a reconcile talks through.
+pub struct Clients {
+    /// Kubernetes.
+    pub kube: kube::Client,
+    /// EC2.
+    pub ec2: Ec2,
+    /// CloudWatch, for the IMDSv1-usage guard.
+    pub usage: UsageReader,
+    /// Events (events.k8s.io).
+    pub recorder: Recorder,
+}
+
+/// The reflector stores.
+pub struct Stores {
+    /// Stripped Nodes.
+    pub nodes: Store<Node>,
+    /// Policies.
+    pub policies: Store<InstanceMetadataPolicy>,
+}
+
+/// The shared context.
+pub struct Context {
+    /// Kubernetes, EC2, CloudWatch, Events.
+    pub clients: Clients,
+    /// Nodes and policies as the watches last saw them.
+    pub stores: Stores,
+    /// What is known of instances.
+    pub cache: Mutex<InstanceCache>,
+    /// What is remembered per policy.
+    pub memo: PolicyMemo,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Tunables.
+    pub config: ControllerConfig,
+}
+
+impl Context {
+    /// Builds the context.
+    pub fn new(clients: Clients, stores: Stores, metrics: Arc<Metrics>, config: ControllerConfig) -> Context {
+        Context {
+            clients,
+            stores,
+            cache: Mutex::new(InstanceCache::default()),
+            memo: PolicyMemo::default(),
+            metrics,
+            config,
+        }
+    }
+
+    /// Drops everything kept for a deleted policy.
+    pub fn forget_policy(&self, policy: &str) {
+        self.memo.forget_policy(policy);
+        self.metrics.forget_policy(policy);
+    }
+}

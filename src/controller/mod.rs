@@ -1,0 +1,36 @@
+//! The controller: the IO shell around the pure core. One reconcile of one policy is
+//! observe → plan → apply → write status ([`reconcile`]), or cleanup for a policy being deleted.
+//!
+//! - [`watches`]: the policy and Node watches and what triggers which policy.
+//! - [`node_changes`]: Node watch events → the changes that matter.
+//! - [`context`]: clients, stores, cache, memory and tunables every reconcile shares.
+//! - [`cache`]: what is known of instances between reconciles.
+//! - [`memo`]: what is remembered per policy (preflights, membership, backoff).
+//! - [`observe`]: nodes and policies from the stores, instances from EC2, IMDSv1 usage; planning.
+//! - [`rollout`]: the staged rollout's inputs for the core's decisions.
+//! - [`apply`]: claims, records originals, sends modify requests, records outcomes.
+//! - [`preflight`]: the DryRun check before a policy's first request.
+//! - [`cleanup`]: deletion, and restore-on-delete.
+//! - [`events`]: Events on policies.
+//! - [`policy_writes`]: the status patch, the finalizer, the gauges.
+//! - [`error`]: errors that end a reconcile, with their categories.
+//! - [`reconcile`]: the driver.
+
+pub mod apply;
+pub mod cache;
+pub mod cleanup;
+pub mod context;
+pub mod error;
+pub mod events;
+pub mod memo;
+pub mod node_changes;
+pub mod observe;
+pub mod policy_writes;
+pub mod preflight;
+pub mod reconcile;
+pub mod rollout;
+pub mod watches;
+
+pub use context::{Clients, Context, ControllerConfig, Stores};
+pub use error::ReconcileError;
+pub use watches::run;

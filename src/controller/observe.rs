@@ -1,0 +1,173 @@
+//! Observe: the policies and nodes from the reflector stores, the instances from EC2 where the
+//! cache is stale, IMDSv1 usage where a guard asks for it — and planning over what is known.
+
+use super::context::Context;
+use super::error::ReconcileError;
+use imds_core::api::InstanceMetadataPolicy;
+use imds_core::node;
+use imds_core::observation::{Failure, NodeInput};
+use imds_core::plan::guards::{GuardFacts, parse_lookback};
+use imds_core::plan::{self, NodePlan, PlanInput};
+use imds_core::provider_id;
+use imds_core::selection::PolicyInput;
+use kube::{Resource, ResourceExt};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long a reconcile waits for the node cache to fill.
+const NODE_STORE_WAIT: Duration = Duration::from_secs(60);
+
+/// Everything observed for one reconcile.
+pub struct Observed {
+    /// The policy being reconciled.
+    pub me: PolicyInput,
+    /// The policies that decide (every live policy, this one included unless it is going away).
+    pub policies: Vec<PolicyInput>,
+    /// The nodes this policy selects.
+    pub selected: Vec<NodeInput>,
+    /// Their `Ready` condition (`None`: no such condition).
+    pub readiness: HashMap<String, Option<bool>>,
+    /// Their instances.
+    pub instance_ids: Vec<String>,
+}
+
+/// Reads policies and nodes from the stores; `exclude_self` leaves this policy out of the
+/// policies that decide (used when it is being deleted).
+pub async fn observe(
+    policy: &InstanceMetadataPolicy,
+    ctx: &Context,
+    exclude_self: bool,
+) -> Result<Observed, ReconcileError> {
+    tokio::time::timeout(NODE_STORE_WAIT, ctx.stores.nodes.wait_until_ready())
+        .await
+        .map_err(|_| ReconcileError::NodeStoreNotReady)?
+        .map_err(|_| ReconcileError::NodeStoreNotReady)?;
+    let me = PolicyInput::from_policy(policy)?;
+    let mut policies: Vec<PolicyInput> = ctx
+        .stores
+        .policies
+        .state()
+        .iter()
+        .filter(|p| p.meta().deletion_timestamp.is_none())
+        .filter_map(|p| PolicyInput::from_policy(p).ok())
+        .filter(|p| p.name != me.name)
+        .collect();
+    if !exclude_self {
+        policies.push(me.clone());
+    }
+    let mut readiness = HashMap::new();
+    let selected: Vec<NodeInput> = ctx
+        .stores
+        .nodes
+        .state()
+        .iter()
+        .filter(|n| me.selects(n.labels()))
+        .map(|n| {
+            readiness.insert(n.name_any(), node::readiness(n));
+            node::to_input(n)
+        })
+        .collect();
+    let instance_ids = selected
+        .iter()
+        .filter_map(|n| provider_id::parse(n.provider_id.as_deref()).ok())
+        .map(|i| i.instance_id)
+        .collect();
+    Ok(Observed {
+        me,
+        policies,
+        selected,
+        readiness,
+        instance_ids,
+    })
+}
+
+/// Reads the instances whose cached observation is stale (all of them when `all`).
+pub async fn refresh(ctx: &Context, instance_ids: &[String], all: bool) {
+    let max_age = if all {
+        Duration::ZERO
+    } else {
+        ctx.config.resync_period.mul_f64(0.9)
+    };
+    let stale = ctx.cache.lock().await.stale(instance_ids, Instant::now(), max_age);
+    if stale.is_empty() {
+        return;
+    }
+    let issued = Instant::now();
+    let described = ctx.clients.ec2.describe_instances(&stale).await;
+    let mut cache = ctx.cache.lock().await;
+    for (id, d) in described {
+        cache.observe_described(&id, d, issued);
+    }
+}
+
+/// Plans, reading the IMDSv1 usage the plans wait for and planning again with it.
+pub async fn plan_reading_usage(ctx: &Context, observed: &Observed) -> Vec<NodePlan> {
+    let plans = plan_with_cache(ctx, observed, &HashMap::new()).await;
+    let wanted = plan::usage_wanted(&plans);
+    if wanted.is_empty() {
+        return plans;
+    }
+    let answers = ctx
+        .clients
+        .usage
+        .read_wanted(wanted, std::time::SystemTime::now())
+        .await;
+    {
+        let now = Instant::now();
+        let mut cache = ctx.cache.lock().await;
+        for answer in answers {
+            cache.set_usage(&answer.instance_id, answer.lookback, answer.calls, now);
+        }
+    }
+    plan_with_cache(ctx, observed, &HashMap::new()).await
+}
+
+/// Plans with the cached observations and guard facts; `outcomes` overlays failures of this
+/// reconcile's requests.
+pub async fn plan_with_cache(ctx: &Context, observed: &Observed, outcomes: &HashMap<String, Failure>) -> Vec<NodePlan> {
+    let (observations, refusals, guard_facts) = {
+        let cache = ctx.cache.lock().await;
+        let now = Instant::now();
+        let mut lookbacks: Vec<Duration> = observed
+            .policies
+            .iter()
+            .map(|p| parse_lookback(&p.guards.imdsv1_usage.lookback))
+            .collect();
+        lookbacks.sort();
+        lookbacks.dedup();
+        let facts: HashMap<String, GuardFacts> = observed
+            .instance_ids
+            .iter()
+            .map(|id| {
+                let facts = GuardFacts {
+                    tag_keys: cache.tag_keys(id).map(<[String]>::to_vec).unwrap_or_default(),
+                    imdsv1_calls: lookbacks
+                        .iter()
+                        .filter_map(|l| Some((*l, cache.usage(id, *l, now)?)))
+                        .collect(),
+                };
+                (id.clone(), facts)
+            })
+            .collect();
+        (
+            cache.observations(&observed.instance_ids),
+            cache.refusals().clone(),
+            facts,
+        )
+    };
+    let input = PlanInput {
+        policy: &observed.me,
+        policies: &observed.policies,
+        observations: &observations,
+        refusals: &refusals,
+        guard_facts: &guard_facts,
+    };
+    let mut plans = plan::plan(&input, &observed.selected);
+    for p in plans.iter_mut() {
+        if let Some(failure) = p.instance_id.as_ref().and_then(|id| outcomes.get(id)) {
+            p.fail(failure.clone());
+        }
+    }
+    plans
+}

@@ -1,0 +1,142 @@
+//! One reconcile of one policy, as a pipeline: observe → plan (pure) → apply → one status
+//! patch; or, for a policy being deleted, cleanup.
+
+use super::apply::apply;
+use super::cleanup::cleanup;
+use super::context::Context;
+use super::error::ReconcileError;
+use super::events::{PolicyEvent, publish, publish_conflicts};
+use super::observe::{self, Observed};
+use super::policy_writes::{patch_status, record_gauges, sync_finalizer};
+use super::rollout;
+use imds_core::api::{InstanceMetadataPolicy, InstanceMetadataPolicyStatus, condition};
+use imds_core::observation::FailureKind;
+use imds_core::plan::NodePlan;
+use imds_core::reason::Reason;
+use imds_core::requeue::{self, RECONCILE_ERROR_BACKOFF, Work};
+use imds_core::rollout::max_in_flight;
+use imds_core::status::{self, Progress};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Reconciles one policy.
+pub async fn reconcile(policy: Arc<InstanceMetadataPolicy>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = std::time::Instant::now();
+    let result = if policy.meta().deletion_timestamp.is_some() {
+        cleanup(&policy, &ctx).await
+    } else {
+        reconcile_live(&policy, &ctx).await
+    };
+    let category = result.as_ref().err().map(|e| e.category().as_str());
+    ctx.metrics.reconciled(category, started.elapsed());
+    result
+}
+
+async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<Action, ReconcileError> {
+    let name = policy.name_any();
+    sync_finalizer(policy, ctx).await?;
+    let observed = observe::observe(policy, ctx, false).await?;
+    ctx.memo
+        .record_membership(&name, observed.selected.iter().map(|n| n.name.clone()).collect());
+    observe::refresh(ctx, &observed.instance_ids, false).await;
+
+    let plans = observe::plan_reading_usage(ctx, &observed).await;
+
+    // Staged rollout: halted? How many may start now?
+    let rollout = rollout::state(policy, ctx, &observed).await;
+    let limit = max_in_flight(&policy.spec.rollout.max_in_flight, observed.selected.len());
+    let allowed = match rollout.halt {
+        Some(_) => 0,
+        None => imds_core::rollout::budget(limit, rollout::in_flight(ctx, policy, &plans).await),
+    };
+
+    let applied = apply(ctx, policy, &plans, &observed, allowed).await;
+    let progress = Progress {
+        halt: rollout.halt,
+        last_resume: rollout.last_resume,
+        ..applied.progress
+    };
+
+    // Re-plan with what EC2 answered, then report.
+    let plans = replan(ctx, &observed, &applied.failures, &progress, limit).await;
+    let new_status = summarize(policy, &plans, &progress);
+    publish_conflicts(ctx, policy, &plans).await;
+    publish_new_halt(ctx, policy, &progress, &new_status).await;
+    patch_status(ctx, &name, &new_status).await?;
+    record_gauges(ctx, &name, &new_status);
+    Ok(next_action(ctx, &name, &plans, &progress))
+}
+
+/// Plans again with this reconcile's failures; what still wants a request waits its turn.
+async fn replan(
+    ctx: &Context,
+    observed: &Observed,
+    failures: &HashMap<String, imds_core::observation::Failure>,
+    progress: &Progress,
+    limit: usize,
+) -> Vec<NodePlan> {
+    let mut plans = observe::plan_with_cache(ctx, observed, failures).await;
+    for p in plans.iter_mut().filter(|p| p.action.is_some()) {
+        p.mark_waiting(progress.halt.is_some(), limit);
+    }
+    plans
+}
+
+fn summarize(policy: &InstanceMetadataPolicy, plans: &[NodePlan], progress: &Progress) -> InstanceMetadataPolicyStatus {
+    let generation = policy.metadata.generation.unwrap_or_default();
+    let previous = policy.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    status::summarize(policy.spec.mode, generation, plans, progress, &previous, now)
+}
+
+/// One Warning when the rollout halts (not on every reconcile while it stays halted).
+async fn publish_new_halt(
+    ctx: &Context,
+    policy: &InstanceMetadataPolicy,
+    progress: &Progress,
+    new_status: &InstanceMetadataPolicyStatus,
+) {
+    let was_halted = policy.status.as_ref().and_then(|s| s.rollout_halt.as_ref()).is_some();
+    if progress.halt.is_none() || was_halted {
+        return;
+    }
+    let note = new_status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::STALLED)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    publish(
+        ctx,
+        policy,
+        PolicyEvent::warning(None, Reason::RolloutHalted, "Rollout", note),
+    )
+    .await;
+}
+
+/// When to look again ([`requeue::requeue_delay`]), advancing the backoff of what fails and
+/// resetting it for what no longer does.
+fn next_action(ctx: &Context, name: &str, plans: &[NodePlan], progress: &Progress) -> Action {
+    let failing = requeue::retried_failures(plans);
+    let backoffs: Vec<_> = failing
+        .iter()
+        .map(|(kind, base)| ctx.memo.backoff(name, *kind, *base))
+        .collect();
+    let still_failing: HashSet<FailureKind> = failing.iter().map(|(kind, _)| *kind).collect();
+    ctx.memo.reset_backoff(name, &still_failing);
+    let work = Work::of(plans, progress.halt.is_some(), progress.deferred);
+    Action::requeue(requeue::requeue_delay(ctx.config.resync_period, &backoffs, &work))
+}
+
+/// What the controller does when a reconcile fails as a whole: back off per policy.
+pub fn error_policy(policy: Arc<InstanceMetadataPolicy>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let name = policy.name_any();
+    tracing::warn!(policy = %name, %error, "reconcile failed");
+    if matches!(error, ReconcileError::InvalidSelector(_)) {
+        return Action::await_change();
+    }
+    Action::requeue(ctx.memo.backoff(&name, FailureKind::Other, RECONCILE_ERROR_BACKOFF))
+}

@@ -1,0 +1,148 @@
+//! Watches and triggers: policies are the primary objects; Node changes that matter (labels,
+//! providerID, readiness, deletion) trigger the policies that select or selected the node; a
+//! policy spec change triggers every policy (priorities and conflicts span policies).
+
+use super::context::{Context, Stores};
+use super::node_changes::NodeChanges;
+use super::reconcile::{error_policy, reconcile};
+use futures::{Stream, StreamExt, future};
+use imds_core::api::InstanceMetadataPolicy;
+use imds_core::node;
+use imds_core::selection::PolicyInput;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use kube::runtime::controller::{Config as ControllerRuntimeConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The Node reflector: a stripped store and the stream of Nodes whose relevant parts changed
+/// (or that were deleted). The stream must be polled for the store to fill.
+pub fn node_reflector(client: kube::Client) -> (Store<Node>, impl Stream<Item = (Node, bool)> + Send + 'static) {
+    let (reader, writer) = reflector::store();
+    let api: Api<Node> = Api::all(client);
+    let mut changes = NodeChanges::default();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(node::strip)
+        .reflect(writer)
+        .flat_map(move |event| {
+            let changed = match event {
+                Ok(event) => changes.on_event(event),
+                Err(err) => {
+                    tracing::warn!(error = %err, "node watch error");
+                    Vec::new()
+                }
+            };
+            futures::stream::iter(changed)
+        });
+    (reader, stream)
+}
+
+/// The policies a changed node concerns: those selecting it now and those that selected it.
+fn policies_for_node(ctx: &Context, node: &Node) -> Vec<ObjectRef<InstanceMetadataPolicy>> {
+    let labels = node.labels();
+    let mut names: Vec<String> = ctx
+        .stores
+        .policies
+        .state()
+        .iter()
+        .filter(|p| PolicyInput::from_policy(p).is_ok_and(|p| p.selects(labels)))
+        .map(|p| p.name_any())
+        .collect();
+    names.extend(ctx.memo.policies_that_selected(&node.name_any()));
+    names.sort();
+    names.dedup();
+    names.into_iter().map(|n| ObjectRef::new(&n)).collect()
+}
+
+/// A policy is reconciled when its spec (generation), annotations (rollout resume) or deletion
+/// state change; status writes do not trigger it.
+fn policy_trigger_hash(policy: &InstanceMetadataPolicy) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    policy.meta().generation.hash(&mut h);
+    policy.annotations().hash(&mut h);
+    policy.meta().deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+/// Drops the cached observation of a deleted node's instance.
+fn forget_instance(ctx: &Arc<Context>, node: &Node) {
+    let provider_id = node.spec.as_ref().and_then(|s| s.provider_id.clone());
+    if let Ok(instance) = imds_core::provider_id::parse(provider_id.as_deref()) {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { ctx.cache.lock().await.forget(&instance.instance_id) });
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx_builder: impl FnOnce(Stores) -> Arc<Context>,
+    client: kube::Client,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let policies: Api<InstanceMetadataPolicy> = Api::all(client.clone());
+    let (policy_reader, policy_writer) = reflector::store();
+    let primary = watcher(policies.clone(), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(policy_writer)
+        .applied_objects()
+        .predicate_filter(policy_trigger_hash, Default::default());
+
+    let (node_reader, node_changes) = node_reflector(client.clone());
+    let ctx = ctx_builder(Stores {
+        nodes: node_reader,
+        policies: policy_reader.clone(),
+    });
+
+    // A policy created, changed or deleted can change every other policy's outcome.
+    let mut generations: HashMap<String, i64> = HashMap::new();
+    let deleted_ctx = ctx.clone();
+    let policy_changes = watcher(policies, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .filter_map(move |event| {
+            let changed = match event {
+                Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
+                    let generation = p.meta().generation.unwrap_or_default();
+                    generations.insert(p.name_any(), generation) != Some(generation)
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    generations.remove(&p.name_any());
+                    deleted_ctx.forget_policy(&p.name_any());
+                    true
+                }
+                _ => false,
+            };
+            future::ready(changed.then_some(()))
+        });
+
+    let node_ctx = ctx.clone();
+    let node_triggers = node_changes.flat_map(move |(node, deleted)| {
+        if deleted {
+            forget_instance(&node_ctx, &node);
+        }
+        futures::stream::iter(policies_for_node(&node_ctx, &node))
+    });
+
+    let config = ControllerRuntimeConfig::default()
+        .concurrency(ctx.config.concurrency)
+        .debounce(Duration::from_millis(500));
+    Controller::for_stream(primary, policy_reader)
+        .with_config(config)
+        .reconcile_on(node_triggers)
+        .reconcile_all_on(policy_changes)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            match result {
+                Ok((obj, _)) => tracing::debug!(policy = %obj.name, "reconciled"),
+                Err(err) => tracing::debug!(error = %err, "reconcile not run"),
+            }
+            future::ready(())
+        })
+        .await;
+}
