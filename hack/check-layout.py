@@ -70,7 +70,8 @@ def main():
             lines = body.count("\n")
             if lines > MAX_FILE_LINES:
                 problems.append(f"{f}: {lines} lines outside its tests (max {MAX_FILE_LINES})")
-            problems += long_functions(f, body)
+            if os.path.basename(f) != "tests.rs":
+                problems += long_functions(f, body)
         problems += cycles(root, graph)
     for p in problems:
         print(p)

@@ -18,7 +18,7 @@ use imds_core::api::{HttpTokens, MetadataOptions, Toggle};
 use imds_core::observation::{FailureKind, Observation};
 use imds_core::options::{ApplyState, Field, FullOptions, ObservedOptions};
 use imds_operator::aws::AwsErrorKind;
-use imds_operator::aws::ec2::{DESCRIBE_BATCH, Ec2, ORIGINAL_OPTIONS_TAG, RateLimits};
+use imds_operator::aws::ec2::{DESCRIBE_BATCH, Ec2, RateLimits};
 use imds_operator::telemetry::metrics::Metrics;
 use imds_test_support::Moto;
 use imds_test_support::ec2_double::{DESCRIBE, Ec2Double, MODIFY, OPTION_PARAMS};
@@ -548,56 +548,6 @@ async fn describe_reports_tags_and_not_found() {
     let err = ec2.modify("i-bogus", &HARDENED, false).await.expect_err("malformed");
     assert_eq!(err.code, "InvalidInstanceID.Malformed");
     assert_eq!(err.kind, AwsErrorKind::NotFound, "{err}");
-}
-
-/// The original options are recorded in a tag (CreateTags), read back by describe, and
-/// removed (DeleteTags).
-#[tokio::test]
-async fn original_options_are_recorded_read_back_and_forgotten() {
-    let (double, ec2, metrics, ids) = double_with(1).await;
-    let id = &ids[0];
-
-    ec2.record_original(id, &LAUNCH_DEFAULTS).await.expect("record");
-    let tags = double.tags(id).unwrap_or_default();
-    assert!(
-        tags.contains(&(ORIGINAL_OPTIONS_TAG.to_string(), LAUNCH_DEFAULTS.to_tag_value())),
-        "{tags:?}"
-    );
-    let described = ec2.describe_instances(std::slice::from_ref(id)).await;
-    let recorded = described[id].original_options.as_deref().expect("recorded options");
-    assert_eq!(FullOptions::from_tag_value(recorded), Some(LAUNCH_DEFAULTS));
-
-    ec2.forget_original(id).await.expect("forget");
-    assert_eq!(double.tags(id), Some(vec![("Name".to_string(), "node".to_string())]));
-    assert_eq!(
-        ec2.describe_instances(std::slice::from_ref(id)).await[id].original_options,
-        None
-    );
-    assert_eq!(api_calls(&metrics, "CreateTags", "ok"), 1);
-    assert_eq!(api_calls(&metrics, "DeleteTags", "ok"), 1);
-}
-
-/// Bug (src/aws/ec2.rs `ORIGINAL_OPTIONS_TAG`, src/cli/iam.rs `ORIGINAL_OPTIONS_TAG_KEY`): the key
-/// `imds-operator.io/original-options` contains `/`, which IMDS cannot serve. Once the operator
-/// has recorded an instance's originals, EC2 refuses to enable `instanceMetadataTags` on it
-/// (`InvalidParameterValue`, classified `Unsupported`, so never retried), and recording
-/// originals on an instance that already has metadata tags on is refused too. A key of
-/// `[0-9a-zA-Z\-_+=,.@:]` only (e.g. `imds-operator.io:original-options`) avoids both.
-#[tokio::test]
-async fn recording_originals_does_not_block_metadata_tags() {
-    let (double, ec2, _, ids) = double_with(2).await;
-    let with_tags = FullOptions {
-        instance_metadata_tags: Toggle::Enabled,
-        ..HARDENED
-    };
-
-    ec2.record_original(&ids[0], &LAUNCH_DEFAULTS).await.expect("record");
-    let enabled = ec2.modify(&ids[0], &with_tags, false).await;
-    assert!(enabled.is_ok(), "enabling metadata tags after recording: {enabled:?}");
-
-    double.set_options(&ids[1], with_tags);
-    let recorded = ec2.record_original(&ids[1], &with_tags).await;
-    assert!(recorded.is_ok(), "recording with metadata tags on: {recorded:?}");
 }
 
 /// A response without options from a successful modify would be treated as pending; a

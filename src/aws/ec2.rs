@@ -20,9 +20,9 @@ pub const DESCRIBE_BATCH: usize = 200;
 /// Page size of DescribeInstances.
 const PAGE_SIZE: i32 = 1000;
 
-/// The instance tag in which the operator records an instance's options before it first
-/// changes them (read back by restore-on-delete). No `/` or space: EC2 refuses
-/// `instanceMetadataTags: enabled` on instances with such tag keys.
+/// The instance tag in which versions before 0.2 recorded an instance's original options. It is
+/// never read now (anyone with `ec2:CreateTags` could forge it); the record is kept in the cluster
+/// (`controller::records`).
 pub const ORIGINAL_OPTIONS_TAG: &str = "imds-operator.io:original-options";
 
 /// What DescribeInstances says of one instance, beyond the options.
@@ -32,8 +32,6 @@ pub struct InstanceFacts {
     pub options: ObservedOptions,
     /// The instance's tag keys.
     pub tag_keys: Vec<String>,
-    /// The value of [`ORIGINAL_OPTIONS_TAG`], when the instance has it.
-    pub original_options: Option<String>,
 }
 
 /// One instance as read by [`Ec2::describe_instances`].
@@ -43,8 +41,6 @@ pub struct Described {
     pub observation: Observation,
     /// Tag keys (empty unless found).
     pub tag_keys: Vec<String>,
-    /// The recorded original options, if any.
-    pub original_options: Option<String>,
 }
 
 /// Converts EC2's metadata options.
@@ -129,7 +125,7 @@ impl Ec2 {
             .collect()
     }
 
-    /// Like [`Ec2::describe`], with the recorded original options.
+    /// Like [`Ec2::describe`], as [`Described`] values.
     pub async fn describe_instances(&self, instance_ids: &[String]) -> HashMap<String, Described> {
         let mut out = HashMap::with_capacity(instance_ids.len());
         let mut ids: Vec<String> = instance_ids.to_vec();
@@ -143,12 +139,10 @@ impl Ec2 {
                             Some(facts) => Described {
                                 observation: Observation::Found(facts.options.clone()),
                                 tag_keys: facts.tag_keys.clone(),
-                                original_options: facts.original_options.clone(),
                             },
                             None => Described {
                                 observation: Observation::NotFound,
                                 tag_keys: Vec::new(),
-                                original_options: None,
                             },
                         };
                         out.insert(id.clone(), entry);
@@ -160,7 +154,6 @@ impl Ec2 {
                         let described = Described {
                             observation: Observation::Failed(failure.clone()),
                             tag_keys: Vec::new(),
-                            original_options: None,
                         };
                         out.insert(id.clone(), described);
                     }
@@ -204,11 +197,6 @@ impl Ec2 {
                 if gone {
                     continue;
                 }
-                let original_options = instance
-                    .tags()
-                    .iter()
-                    .find(|t| t.key() == Some(ORIGINAL_OPTIONS_TAG))
-                    .and_then(|t| t.value().map(String::from));
                 found.insert(
                     id.to_string(),
                     InstanceFacts {
@@ -218,7 +206,6 @@ impl Ec2 {
                             .iter()
                             .filter_map(|t| t.key().map(String::from))
                             .collect(),
-                        original_options,
                     },
                 );
             }
@@ -268,45 +255,6 @@ impl Ec2 {
             observed.state = ApplyState::Pending;
         }
         Ok(observed)
-    }
-}
-
-impl Ec2 {
-    /// Records an instance's options before its first change, in [`ORIGINAL_OPTIONS_TAG`].
-    pub async fn record_original(&self, instance_id: &str, original: &FullOptions) -> Result<(), AwsError> {
-        self.modify_limit.acquire().await;
-        let tag = aws_sdk_ec2::types::Tag::builder()
-            .key(ORIGINAL_OPTIONS_TAG)
-            .value(original.to_tag_value())
-            .build();
-        let result = self
-            .client
-            .create_tags()
-            .resources(instance_id)
-            .tags(tag)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| from_sdk(Service::Ec2, "CreateTags", e));
-        self.record("CreateTags", &result);
-        result
-    }
-
-    /// Removes [`ORIGINAL_OPTIONS_TAG`] once nothing needs it any more.
-    pub async fn forget_original(&self, instance_id: &str) -> Result<(), AwsError> {
-        self.modify_limit.acquire().await;
-        let tag = aws_sdk_ec2::types::Tag::builder().key(ORIGINAL_OPTIONS_TAG).build();
-        let result = self
-            .client
-            .delete_tags()
-            .resources(instance_id)
-            .tags(tag)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| from_sdk(Service::Ec2, "DeleteTags", e));
-        self.record("DeleteTags", &result);
-        result
     }
 }
 

@@ -7,9 +7,9 @@
 //!
 //! * the **operator policy** ([`operator_policy`]): the identity policy to attach to the role the
 //!   operator runs as (IRSA or EKS Pod Identity). It grants exactly what the reconciler needs:
-//!   reading instances, changing the metadata options of *this cluster's* instances, keeping the
-//!   one bookkeeping tag it uses to restore original options, and reading the CloudWatch
-//!   `MetadataNoToken` metric to report IMDSv1 usage;
+//!   reading instances, changing the metadata options of *this cluster's* instances, and reading
+//!   the CloudWatch `MetadataNoToken` metric to report IMDSv1 usage. It writes no tags: its
+//!   records are kept in the cluster, where only its ServiceAccount may write them;
 //! * the optional **launch guard** ([`launch_guard_policy`]): deny statements meant for a service
 //!   control policy (or a permissions boundary / identity policy on the roles that launch nodes)
 //!   so that instances cannot be launched without IMDSv2 in the first place, optionally with a
@@ -21,10 +21,6 @@ use thiserror::Error;
 
 /// IAM policy language version used by every document.
 pub const POLICY_VERSION: &str = "2012-10-17";
-
-/// Tag in which the operator records an instance's original metadata options before its first
-/// change, so that they can be restored when the policy that changed them is deleted.
-pub const ORIGINAL_OPTIONS_TAG_KEY: &str = crate::aws::ec2::ORIGINAL_OPTIONS_TAG;
 
 /// Prefix of the tag that marks an instance as belonging to a Kubernetes cluster
 /// (`kubernetes.io/cluster/<name>`), set by EKS managed node groups, eksctl, Karpenter and kops.
@@ -169,22 +165,6 @@ pub fn operator_policy(opts: &IamPolicyOptions) -> Value {
                 "Action": ["ec2:ModifyInstanceMetadataOptions"],
                 "Resource": instances,
                 "Condition": { "StringEquals": on_cluster }
-            },
-            {
-                // The operator writes the original options into a single tag before its first
-                // change to an instance and removes it after restoring them. `aws:TagKeys` limits
-                // CreateTags/DeleteTags to that key; the `Null` test is needed because
-                // `ForAllValues` is true when the key is absent, and a DeleteTags call naming no
-                // tags deletes *all* of an instance's tags.
-                "Sid": "RecordOriginalOptions",
-                "Effect": "Allow",
-                "Action": ["ec2:CreateTags", "ec2:DeleteTags"],
-                "Resource": instances,
-                "Condition": {
-                    "StringEquals": on_cluster,
-                    "ForAllValues:StringEquals": { "aws:TagKeys": [ORIGINAL_OPTIONS_TAG_KEY] },
-                    "Null": { "aws:TagKeys": "false" }
-                }
             },
             {
                 // CloudWatch metric reads support no resource-level permissions.
@@ -464,7 +444,6 @@ mod tests {
             [
                 "DescribeInstances",
                 "ModifyClusterInstanceMetadataOptions",
-                "RecordOriginalOptions",
                 "ReadImdsv1Usage"
             ]
         );
@@ -474,23 +453,14 @@ mod tests {
     }
 
     #[test]
-    fn modify_and_tagging_are_scoped_to_the_cluster() {
+    fn modify_is_scoped_to_the_cluster() {
         let doc = operator_policy(&opts("prod"));
-        for sid in ["ModifyClusterInstanceMetadataOptions", "RecordOriginalOptions"] {
-            let s = statement(&doc, sid);
-            assert_eq!(s["Resource"], "arn:aws:ec2:*:*:instance/*");
-            assert_eq!(
-                s["Condition"]["StringEquals"]["aws:ResourceTag/kubernetes.io/cluster/prod"],
-                json!(["owned", "shared"])
-            );
-        }
-        let tags = statement(&doc, "RecordOriginalOptions");
+        let s = statement(&doc, "ModifyClusterInstanceMetadataOptions");
+        assert_eq!(s["Resource"], "arn:aws:ec2:*:*:instance/*");
         assert_eq!(
-            tags["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"],
-            json!([ORIGINAL_OPTIONS_TAG_KEY])
+            s["Condition"]["StringEquals"]["aws:ResourceTag/kubernetes.io/cluster/prod"],
+            json!(["owned", "shared"])
         );
-        assert_eq!(tags["Condition"]["Null"]["aws:TagKeys"], "false");
-        assert_eq!(tags["Action"], json!(["ec2:CreateTags", "ec2:DeleteTags"]));
         assert_eq!(statement(&doc, "DescribeInstances")["Resource"], "*");
         assert_eq!(
             statement(&doc, "ReadImdsv1Usage")["Action"],
@@ -511,8 +481,6 @@ mod tests {
             actions,
             [
                 "cloudwatch:GetMetricData",
-                "ec2:CreateTags",
-                "ec2:DeleteTags",
                 "ec2:DescribeInstances",
                 "ec2:ModifyInstanceMetadataOptions"
             ]

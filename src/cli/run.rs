@@ -2,6 +2,7 @@
 
 use crate::aws::cloudwatch::UsageReader;
 use crate::aws::ec2::{Ec2, RateLimits};
+use crate::controller::records::RecordStore;
 use crate::controller::{self, Clients, Context, ControllerConfig, Stores};
 use crate::telemetry::health::{self, Health};
 use crate::telemetry::logging::{self, LogFormat};
@@ -65,6 +66,11 @@ pub struct RunArgs {
     /// How long a lease is valid without renewal; a standby takes over within this time.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
+    /// Name prefix of the ConfigMaps (`<prefix>-records-00` … `-0f`, in the lease namespace) that
+    /// hold what the operator changed: originals for restore, and the requests the staged rollout
+    /// counts. Only the operator may write them (the chart's Role names them).
+    #[arg(long, default_value = "imds-operator")]
+    pub records_prefix: String,
     /// This replica's identity in the Lease and in Events (defaults to the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -102,6 +108,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
     metrics.set_leader(true);
+    let namespace = args.lease_namespace.clone().unwrap_or_else(|| "default".to_string());
+    let Some(records) = load_records(&client, &namespace, &args.records_prefix, stop_rx.clone()).await else {
+        return Ok(()); // stopped before the records could be read
+    };
 
     let recorder = Recorder::new(
         client.clone(),
@@ -121,7 +131,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         max_modifies_per_reconcile: args.max_modifies_per_reconcile.max(1),
     };
-    let build = move |stores| Arc::new(Context::new(clients, stores, metrics, config));
+    let build = move |stores| Arc::new(Context::new(clients, stores, records, metrics, config));
     tracing::info!(resync = ?args.resync_period, "controller starting");
     let lost = run_controller(
         build,
@@ -138,6 +148,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("lost the leader lease; exiting so that this replica restarts as a standby");
     }
     Ok(())
+}
+
+/// Reads the records before anything is sent; retried until it works or the process is told
+/// to stop.
+async fn load_records(
+    client: &kube::Client,
+    namespace: &str,
+    prefix: &str,
+    mut stop: watch::Receiver<bool>,
+) -> Option<RecordStore> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match RecordStore::load(client.clone(), namespace, prefix).await {
+            Ok(records) => return Some(records),
+            Err(e) => {
+                tracing::error!(error = %e, %namespace, %prefix, "cannot read the records; nothing is sent until they are read")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
 }
 
 async fn connect_kube() -> anyhow::Result<kube::Client> {

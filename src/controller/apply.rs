@@ -1,24 +1,31 @@
 //! Apply: sends the planned modify requests, at most the rollout's budget and as many as the
 //! rate limit allows now (the rest wait for the next reconcile, requeued shortly). Before the
-//! first real request of a policy a DryRun proves the operator may ([`super::preflight`]);
-//! before an instance's first change its original options are recorded.
+//! first real request of a policy a DryRun proves the operator may ([`super::preflight`]).
+//! Before any request its record is written ([`super::records`]): the originals of the options
+//! it changes and the request itself, so a crash right after sending loses nothing and the
+//! request counts toward `maxInFlight` until EC2's answer (or a describe) settles it. A request
+//! whose record cannot be written is not sent.
 
-use super::cache::Change;
 use super::context::Context;
 use super::events::{PolicyEvent, publish};
 use super::observe::Observed;
 use super::preflight::preflight;
 use crate::aws::{AwsError, AwsErrorKind};
 use futures::StreamExt;
-use imds_core::api::{FieldDrift, InstanceMetadataPolicy, OnDelete};
-use imds_core::observation::{Failure, Observation};
+use imds_core::api::{FieldDrift, InstanceMetadataPolicy};
+use imds_core::observation::{Failure, FailureKind, NodeInput, Observation};
+use imds_core::options::Field;
 use imds_core::options::{ApplyState, FullOptions, ObservedOptions};
 use imds_core::plan::NodePlan;
 use imds_core::plan::guards::GuardWarning;
 use imds_core::reason::Reason;
+use imds_core::record::{self, ChangeRecord, ChangeState, InstanceRecord};
+use imds_core::selection;
 use imds_core::status::Progress;
-use std::collections::HashMap;
-use tokio::time::Instant;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
 
 /// Requests sent at once.
 const SEND_CONCURRENCY: usize = 4;
@@ -33,10 +40,18 @@ pub struct Claimed {
     pub instance_id: String,
     /// The complete request.
     pub request: FullOptions,
-    /// The options to record before the first change (`None`: already recorded).
-    pub original: Option<FullOptions>,
+    /// The instance's options now, as a complete set.
+    pub current: FullOptions,
+    /// The record before this request (put back when EC2 refuses it).
+    pub before: InstanceRecord,
+    /// The record written before sending.
+    pub record: InstanceRecord,
     /// A guard's warning (`imdsv1Usage: Warn`), reported with the modification.
     pub warning: Option<GuardWarning>,
+    /// The policies that decide each option on this node.
+    pub deciders: BTreeMap<Field, BTreeSet<String>>,
+    /// Whether the node is Ready now.
+    pub was_ready: bool,
 }
 
 /// What applying did: per-instance failures of this reconcile, and the progress.
@@ -75,22 +90,24 @@ pub async fn apply(
     if let Err(failure) = preflight(ctx, policy, &first.instance_id, &first.request).await {
         // Denied (or EC2 unreachable): nothing is sent; every planned instance reports it, so
         // the policy is Stalled (or Retrying), not "Applying".
-        let mut cache = ctx.cache.lock().await;
-        for claim in &claimed {
-            cache.release(&claim.instance_id);
-        }
+        release(ctx, claimed.iter().map(|c| c.instance_id.as_str())).await;
         for (_, id, _) in &wanted {
             applied.failures.insert(id.clone(), failure.clone());
         }
         applied.progress.deferred = 0;
         return applied;
     }
-    let restore = policy.spec.on_delete == OnDelete::Restore;
-    for (claim, result) in send(ctx, claimed, restore).await {
+    let (claimed, invalid) = with_records(ctx, policy, observed, claimed).await;
+    applied.failures.extend(invalid);
+    let (claimed, unrecorded) = write_ahead(ctx, policy, claimed).await;
+    applied.failures.extend(unrecorded);
+    let mut settled = Vec::new();
+    for (claim, result) in send(ctx, claimed).await {
+        settled.push(settle(&claim, &result));
         match result {
             Ok(answer) => {
                 applied.progress.modified += 1;
-                record_modified(ctx, policy, observed, claim, answer).await;
+                record_modified(ctx, policy, claim, answer).await;
             }
             Err(err) => {
                 if let Some(failure) = record_failed(ctx, policy, &claim, err).await {
@@ -99,6 +116,9 @@ pub async fn apply(
             }
         }
     }
+    // Best effort: a failed write leaves the requests `Sent`, which holds their slots until a
+    // describe settles them.
+    ctx.records.put(settled).await;
     applied
 }
 
@@ -111,50 +131,149 @@ async fn claim(ctx: &Context, wanted: &[(&NodePlan, String, FullOptions)], budge
         if claimed.len() >= budget {
             break;
         }
-        let current = match cache.observations([id]).remove(id) {
-            Some(Observation::Found(o)) => Some(o),
-            _ => None,
+        let Some(Observation::Found(current)) = cache.observations([id]).remove(id) else {
+            continue;
         };
-        let settled_elsewhere = current
-            .as_ref()
-            .is_some_and(|o| o.state == ApplyState::Pending || FullOptions::completed(&o.values) == *request);
-        if settled_elsewhere || !cache.claim(id) {
+        let current_full = FullOptions::completed(&current.values);
+        if current.state == ApplyState::Pending || current_full == *request || !cache.claim(id) {
             continue;
         }
-        let original = match cache.original(id) {
-            Some(_) => None,
-            None => current.map(|o| FullOptions::completed(&o.values)),
-        };
         claimed.push(Claimed {
             node: plan.node.clone(),
             drift: plan.drift.clone(),
             instance_id: id.clone(),
             request: *request,
-            original,
+            current: current_full,
+            before: InstanceRecord::default(),
+            record: InstanceRecord::default(),
             warning: plan.warning.clone(),
+            deciders: BTreeMap::new(),
+            was_ready: false,
         });
     }
     claimed
 }
 
-/// Records originals and sends the requests, a few at a time.
-async fn send(
+async fn release<'a>(ctx: &Context, ids: impl IntoIterator<Item = &'a str>) {
+    let mut cache = ctx.cache.lock().await;
+    for id in ids {
+        cache.release(id);
+    }
+}
+
+/// Checks each claim's stored record and notes who decides what on its node. A claim whose
+/// stored record is invalid is dropped, and reported.
+async fn with_records(
     ctx: &Context,
+    policy: &InstanceMetadataPolicy,
+    observed: &Observed,
     claimed: Vec<Claimed>,
-    restore: bool,
-) -> Vec<(Claimed, Result<ObservedOptions, AwsError>)> {
+) -> (Vec<Claimed>, HashMap<String, Failure>) {
+    let ids: Vec<String> = claimed.iter().map(|c| c.instance_id.clone()).collect();
+    let mut stored = ctx.records.get_many(&ids).await;
+    let nodes: HashMap<&str, &NodeInput> = observed.selected.iter().map(|n| (n.name.as_str(), n)).collect();
+    let mut out = Vec::with_capacity(claimed.len());
+    let mut failures = HashMap::new();
+    for mut claim in claimed {
+        if let Some(Err(invalid)) = stored.remove(&claim.instance_id) {
+            ctx.cache.lock().await.release(&claim.instance_id);
+            let note = format!("node {}: {invalid}; not modified", claim.node);
+            let event = PolicyEvent::warning(Some(&claim.node), Reason::RecordInvalid, "Record", note);
+            publish(ctx, policy, event).await;
+            let failure = Failure {
+                kind: FailureKind::Other,
+                message: format!("{invalid}; not modified until the record is fixed or removed"),
+            };
+            failures.insert(claim.instance_id, failure);
+            continue;
+        }
+        let labels = nodes.get(claim.node.as_str()).map(|n| &n.labels);
+        let selecting = observed
+            .policies
+            .iter()
+            .filter(|p| labels.is_some_and(|l| p.selects(l)));
+        claim.deciders = record::deciders(&selection::decide(selecting));
+        claim.was_ready = observed.readiness.get(&claim.node).copied().flatten().unwrap_or(false);
+        out.push(claim);
+    }
+    (out, failures)
+}
+
+/// Writes each claim's record before sending — the originals of what the request changes,
+/// attributed to the policies that decide it, and the request as `Sent` — computed on the
+/// stored record in one atomic step. The claims whose record is stored, and a failure for the
+/// others (released, not sent).
+async fn write_ahead(
+    ctx: &Context,
+    policy: &InstanceMetadataPolicy,
+    claimed: Vec<Claimed>,
+) -> (Vec<Claimed>, HashMap<String, Failure>) {
+    // Policies being deleted still count: their entries wait for their restore (or hand-over).
+    let live: HashSet<String> = ctx.stores.policies.state().iter().map(|p| p.name_any()).collect();
+    let sender = policy.name_any();
+    let now = Timestamp::now();
+    let by_id: HashMap<&str, &Claimed> = claimed.iter().map(|c| (c.instance_id.as_str(), c)).collect();
+    let ids: Vec<String> = claimed.iter().map(|c| c.instance_id.clone()).collect();
+    let seen: Mutex<HashMap<String, (InstanceRecord, InstanceRecord)>> = Mutex::default();
+    let written = ctx
+        .records
+        .update(&ids, |id, current| {
+            let claim = by_id.get(id)?;
+            let mut next =
+                record::before_change(current, &claim.current, &claim.request, &claim.deciders, &sender, |p| {
+                    live.contains(p)
+                });
+            next.change = Some(ChangeRecord {
+                policy: sender.clone(),
+                node: claim.node.clone(),
+                at: now,
+                was_ready: claim.was_ready,
+                request: claim.request.to_tag_value(),
+                state: ChangeState::Sent,
+            });
+            if let Ok(mut seen) = seen.lock() {
+                seen.insert(id.to_string(), (current.clone(), next.clone()));
+            }
+            Some(next)
+        })
+        .await;
+    let mut seen = seen.into_inner().unwrap_or_default();
+    let (mut stored, unstored): (Vec<Claimed>, Vec<Claimed>) =
+        claimed.into_iter().partition(|c| written.ids.contains(&c.instance_id));
+    for claim in &mut stored {
+        if let Some((before, record)) = seen.remove(&claim.instance_id) {
+            claim.before = before;
+            claim.record = record;
+        }
+    }
+    let mut failures = HashMap::new();
+    if !unstored.is_empty() {
+        release(ctx, unstored.iter().map(|c| c.instance_id.as_str())).await;
+        let error = written.error.unwrap_or_else(|| "the record store refused it".into());
+        let failure = Failure {
+            kind: FailureKind::Transient,
+            message: format!("the record could not be written, nothing sent: {error}"),
+        };
+        let note = format!("{} instances not modified: {}", unstored.len(), failure.message);
+        publish(
+            ctx,
+            policy,
+            PolicyEvent::warning(None, Reason::RecordNotWritten, "Record", note),
+        )
+        .await;
+        for claim in unstored {
+            failures.insert(claim.instance_id, failure.clone());
+        }
+    }
+    (stored, failures)
+}
+
+/// Sends the requests, a few at a time.
+async fn send(ctx: &Context, claimed: Vec<Claimed>) -> Vec<(Claimed, Result<ObservedOptions, AwsError>)> {
     futures::stream::iter(claimed)
         .map(|claim| {
             let ec2 = ctx.clients.ec2.clone();
             async move {
-                if let Some(original) = &claim.original {
-                    match ec2.record_original(&claim.instance_id, original).await {
-                        Ok(()) => {}
-                        // Without a record a Restore policy could not restore: do not change.
-                        Err(e) if restore => return (claim, Err(e)),
-                        Err(e) => tracing::warn!(instance = %claim.instance_id, error = %e, "could not record original options"),
-                    }
-                }
                 let result = ec2.modify(&claim.instance_id, &claim.request, false).await;
                 (claim, result)
             }
@@ -164,41 +283,45 @@ async fn send(
         .await
 }
 
-/// Records an accepted request in the cache (observation, original, change) and reports it.
-async fn record_modified(
-    ctx: &Context,
-    policy: &InstanceMetadataPolicy,
-    observed: &Observed,
-    claim: Claimed,
-    answer: ObservedOptions,
-) {
+/// Whether EC2 may have applied a request whose answer did not arrive.
+fn answer_lost(err: &AwsError) -> bool {
+    matches!(err.code.as_str(), "Timeout" | "ResponseError" | "DispatchFailure")
+}
+
+/// The record after EC2's answer: accepted (settling from now), unchanged while the answer is
+/// lost (in flight until a describe shows what happened), or as before when EC2 refused.
+fn settle(claim: &Claimed, result: &Result<ObservedOptions, AwsError>) -> (String, InstanceRecord) {
+    let record = match result {
+        Ok(_) => {
+            let mut record = claim.record.clone();
+            if let Some(change) = record.change.as_mut() {
+                change.state = ChangeState::Accepted;
+                change.at = Timestamp::now();
+            }
+            record
+        }
+        Err(err) if answer_lost(err) => claim.record.clone(),
+        Err(_) => claim.before.clone(),
+    };
+    (claim.instance_id.clone(), record)
+}
+
+/// Records an accepted request in the cache and reports it.
+async fn record_modified(ctx: &Context, policy: &InstanceMetadataPolicy, claim: Claimed, answer: ObservedOptions) {
     let Claimed {
         node,
         drift,
         instance_id: id,
         request,
-        original,
         warning,
+        ..
     } = claim;
     let pending = answer.state == ApplyState::Pending;
     {
-        let now = Instant::now();
         let mut cache = ctx.cache.lock().await;
         cache.release(&id);
-        if let Some(original) = original {
-            cache.set_original(&id, original.to_tag_value());
-        }
         let tag_keys = cache.tag_keys(&id).map(<[String]>::to_vec).unwrap_or_default();
-        cache.observe(&id, Observation::Found(answer), tag_keys, now);
-        let was_ready = observed.readiness.get(&node).copied().flatten().unwrap_or(false);
-        cache.record_change(
-            &id,
-            Change {
-                node: node.clone(),
-                at: now,
-                was_ready,
-            },
-        );
+        cache.observe(&id, Observation::Found(answer), tag_keys, tokio::time::Instant::now());
     }
     let changes: Vec<String> = drift
         .iter()
@@ -237,7 +360,7 @@ async fn record_failed(
         cache.release(id);
         match err.kind {
             AwsErrorKind::NotFound => {
-                cache.observe(id, Observation::NotFound, Vec::new(), Instant::now());
+                cache.observe(id, Observation::NotFound, Vec::new(), tokio::time::Instant::now());
                 return None;
             }
             AwsErrorKind::Unsupported => cache.refuse(id, claim.request, failure.clone()),

@@ -2,7 +2,7 @@
 //! reconcile triggered by one node reads only that node's instance), and requests EC2 refused
 //! for good. Shared by every policy's reconcile.
 
-use crate::aws::ec2::{Described, ORIGINAL_OPTIONS_TAG};
+use crate::aws::ec2::Described;
 use imds_core::observation::{Failure, Observation};
 use imds_core::options::{ApplyState, FullOptions};
 use std::collections::{HashMap, HashSet};
@@ -13,27 +13,13 @@ use tokio::time::Instant;
 struct Entry {
     observation: Observation,
     tag_keys: Vec<String>,
-    original: Option<String>,
     fetched: Instant,
-}
-
-/// A modification the operator made, kept to watch the node's health afterwards.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change {
-    /// The node.
-    pub node: String,
-    /// When EC2 accepted the request.
-    pub at: Instant,
-    /// Whether the node was Ready then.
-    pub was_ready: bool,
 }
 
 /// How long a CloudWatch answer about IMDSv1 usage is reused.
 const USAGE_TTL: Duration = Duration::from_secs(300);
 /// How long a failed CloudWatch read is reused before trying again.
 const USAGE_ERROR_TTL: Duration = Duration::from_secs(60);
-/// Changes older than this are forgotten (the longest halt window the API allows).
-const CHANGE_MEMORY: Duration = Duration::from_secs(86_400);
 
 /// The shared instance cache.
 #[derive(Debug, Default)]
@@ -41,8 +27,8 @@ pub struct InstanceCache {
     entries: HashMap<String, Entry>,
     refusals: HashMap<String, (FullOptions, Failure)>,
     in_flight: HashSet<String>,
+    record_tags_seen: HashSet<String>,
     usage: HashMap<(String, u64), (Result<f64, Failure>, Instant)>,
-    changes: HashMap<String, Change>,
 }
 
 impl InstanceCache {
@@ -67,20 +53,17 @@ impl InstanceCache {
 
     /// Records an observation.
     pub fn observe(&mut self, id: &str, observation: Observation, tag_keys: Vec<String>, now: Instant) {
-        let original = self.entries.get(id).and_then(|e| e.original.clone());
         self.entries.insert(
             id.to_string(),
             Entry {
                 observation,
                 tag_keys,
-                original,
                 fetched: now,
             },
         );
     }
 
-    /// Records what a DescribeInstances issued at `issued` said, including the original-options
-    /// tag — unless the entry was updated after that (a modify answer from another reconcile
+    /// Records what a DescribeInstances issued at `issued` said — unless the entry was updated after that (a modify answer from another reconcile
     /// is newer than a describe that was already on its way).
     pub fn observe_described(&mut self, id: &str, described: Described, issued: Instant) {
         if self.entries.get(id).is_some_and(|e| e.fetched > issued) {
@@ -92,33 +75,9 @@ impl InstanceCache {
             Entry {
                 observation: described.observation,
                 tag_keys: described.tag_keys,
-                original: described.original_options,
                 fetched: now,
             },
         );
-    }
-
-    /// The recorded original options (the instance tag's value), when known.
-    pub fn original(&self, id: &str) -> Option<&str> {
-        self.entries.get(id).and_then(|e| e.original.as_deref())
-    }
-
-    /// Notes that the original options were recorded on the instance.
-    pub fn set_original(&mut self, id: &str, value: String) {
-        if let Some(e) = self.entries.get_mut(id) {
-            e.original = Some(value);
-            if !e.tag_keys.iter().any(|k| k == ORIGINAL_OPTIONS_TAG) {
-                e.tag_keys.push(ORIGINAL_OPTIONS_TAG.to_string());
-            }
-        }
-    }
-
-    /// Notes that the original-options tag was removed.
-    pub fn clear_original(&mut self, id: &str) {
-        if let Some(e) = self.entries.get_mut(id) {
-            e.original = None;
-            e.tag_keys.retain(|k| k != ORIGINAL_OPTIONS_TAG);
-        }
     }
 
     /// IMDSv1 usage read from CloudWatch for this lookback, while still fresh.
@@ -131,25 +90,6 @@ impl InstanceCache {
     /// Stores IMDSv1 usage.
     pub fn set_usage(&mut self, id: &str, lookback: Duration, value: Result<f64, Failure>, now: Instant) {
         self.usage.insert((id.to_string(), lookback.as_secs()), (value, now));
-    }
-
-    /// Remembers a modification.
-    pub fn record_change(&mut self, id: &str, change: Change) {
-        self.changes
-            .retain(|_, c| change.at.saturating_duration_since(c.at) < CHANGE_MEMORY);
-        self.changes.insert(id.to_string(), change);
-    }
-
-    /// The last modification of an instance, if remembered.
-    pub fn change(&self, id: &str) -> Option<&Change> {
-        self.changes.get(id)
-    }
-
-    /// Forgets modifications (after a person resumed a halted rollout).
-    pub fn forget_changes<'a>(&mut self, ids: impl IntoIterator<Item = &'a String>) {
-        for id in ids {
-            self.changes.remove(id);
-        }
     }
 
     /// The observations of `ids` that are known.
@@ -184,11 +124,16 @@ impl InstanceCache {
         self.in_flight.remove(id);
     }
 
+    /// True the first time an instance is seen with the tag older versions recorded originals
+    /// in (so it is reported once per process).
+    pub fn first_sight_of_record_tag(&mut self, id: &str) -> bool {
+        self.record_tags_seen.insert(id.to_string())
+    }
+
     /// Forgets an instance whose node is gone.
     pub fn forget(&mut self, id: &str) {
         self.entries.remove(id);
         self.refusals.remove(id);
-        self.changes.remove(id);
         self.usage.retain(|(i, _), _| i != id);
     }
 }
@@ -255,18 +200,6 @@ mod tests {
     }
 
     #[test]
-    fn original_survives_reobservation() {
-        let t0 = Instant::now();
-        let mut cache = InstanceCache::default();
-        cache.observe("i-1", found(ApplyState::Applied), vec![], t0);
-        cache.set_original("i-1", "x".into());
-        cache.observe("i-1", found(ApplyState::Applied), vec![], t0);
-        assert_eq!(cache.original("i-1"), Some("x"));
-        cache.clear_original("i-1");
-        assert_eq!(cache.original("i-1"), None);
-    }
-
-    #[test]
     fn an_older_describe_does_not_overwrite_a_newer_answer() {
         let t0 = Instant::now();
         let mut cache = InstanceCache::default();
@@ -274,7 +207,6 @@ mod tests {
         let stale = Described {
             observation: found(ApplyState::Applied),
             tag_keys: vec![],
-            original_options: None,
         };
         cache.observe_described("i-1", stale.clone(), t0 + Duration::from_secs(1));
         assert_eq!(

@@ -1,24 +1,37 @@
-//! Deleting a policy. `Retain` policies carry no finalizer and simply go; `Restore` policies keep
-//! the finalizer `imds-operator.io/restore` until every instance they selected has the options it
-//! had before the operator first changed it (the instance tag `imds-operator.io:original-options`),
-//! merged under whatever the remaining policies still decide ([`imds_core::restore`]). Instances
-//! and nodes that are gone count as done, so `kubectl delete` never waits on a vanished node.
+//! Deleting a policy. `Retain` policies carry no finalizer and simply go (what they changed
+//! becomes the baseline). `Restore` policies keep the finalizer `imds-operator.io/restore` until
+//! every instance they selected has back the options this policy decided and the operator
+//! changed ([`imds_core::record::restore`]), where no remaining policy decides them. Restoring is
+//! a staged rollout: `maxInFlight`, settling, the per-reconcile cap, a halt when a restored node
+//! turns NotReady; its progress is in status. Instances and nodes that are gone count as done;
+//! the annotation `imds-operator.io/abandon-restore` gives up, so `kubectl delete` never needs a
+//! person to edit finalizers.
 
 use super::context::Context;
 use super::error::ReconcileError;
 use super::events::{PolicyEvent, publish};
-use super::observe::{observe, refresh};
-use super::policy_writes::{set_finalizers, without_restore_finalizer};
+use super::observe::{Observed, observe, refresh};
+use super::policy_writes::{patch_status, set_finalizers, without_restore_finalizer};
+use super::rollout;
 use crate::aws::AwsErrorKind;
-use imds_core::api::{InstanceMetadataPolicy, OnDelete, RESTORE_FINALIZER};
+use imds_core::api::{ABANDON_RESTORE_ANNOTATION, InstanceMetadataPolicy, OnDelete, RESTORE_FINALIZER};
 use imds_core::observation::{NodeInput, Observation};
-use imds_core::options::FullOptions;
+use imds_core::options::{ApplyState, FullOptions};
 use imds_core::provider_id;
 use imds_core::reason::Reason;
-use imds_core::restore::{RestoreAction, RestoreStep, restore_action};
-use imds_core::selection::PolicyInput;
+use imds_core::record::{self, ChangeRecord, ChangeState, InstanceRecord, RestoreOutcome};
+use imds_core::rollout::{budget, max_in_flight};
+use imds_core::selection::{self, PolicyInput};
+use imds_core::status::{self, RestoreProgress};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How soon to look again while a restore waits for its rollout.
+const RESTORE_RECHECK: Duration = Duration::from_secs(2);
 
 /// Runs when the policy has a deletion timestamp.
 pub async fn cleanup(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<Action, ReconcileError> {
@@ -28,44 +41,80 @@ pub async fn cleanup(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<A
         return Ok(Action::await_change());
     }
     if policy.spec.on_delete == OnDelete::Restore {
-        restore(policy, ctx).await?;
+        if policy.annotations().contains_key(ABANDON_RESTORE_ANNOTATION) {
+            abandon(policy, ctx).await?;
+        } else if restore(policy, ctx).await? > 0 {
+            return Ok(Action::requeue(RESTORE_RECHECK));
+        }
     }
     set_finalizers(policy, ctx, without_restore_finalizer(policy)).await?;
     ctx.forget_policy(&name);
     Ok(Action::await_change())
 }
 
-/// How one instance's restore went.
-enum Outcome {
-    /// Nothing was sent (nothing to do, or the instance is gone).
-    Untouched,
-    /// The original options were sent.
-    Restored,
-    /// EC2 will never take the original options; reported and let go.
-    Refused,
-    /// Not done; retried.
-    Remaining(String),
+/// One instance the restore looks at.
+struct Candidate {
+    node: String,
+    instance_id: String,
+    current: FullOptions,
+    record: InstanceRecord,
+    outcome: RestoreOutcome,
 }
 
-async fn restore(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<(), ReconcileError> {
-    let name = policy.name_any();
+/// What looking at the instances found.
+#[derive(Default)]
+struct Survey {
+    /// Instances that need a request.
+    to_send: Vec<Candidate>,
+    /// Instances whose record changes but that need no request (entries passed on or dropped):
+    /// their options now and the remaining decisions.
+    hand_overs: Vec<(String, FullOptions, selection::Decisions)>,
+    /// Instances that cannot be restored now, with why (retried).
+    waiting: Vec<String>,
+}
+
+/// One pass of the restore; how many instances are still to restore.
+async fn restore(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<usize, ReconcileError> {
     let observed = observe(policy, ctx, true).await?;
     refresh(ctx, &observed.instance_ids, true).await;
-    let mut restored = 0usize;
-    let mut remaining_errors = Vec::new();
-    for node in &observed.selected {
-        let remaining: Vec<&PolicyInput> = observed.policies.iter().filter(|p| p.selects(&node.labels)).collect();
-        match restore_node(ctx, policy, node, &remaining).await {
-            Outcome::Untouched | Outcome::Refused => {}
-            Outcome::Restored => restored += 1,
-            Outcome::Remaining(why) => remaining_errors.push(why),
+    let mut survey = survey(ctx, policy, &observed).await;
+    write_hand_overs(ctx, &policy.name_any(), &mut survey).await;
+    let state = rollout::state(policy, ctx, &observed).await;
+    let allowed = match state.halt {
+        Some(_) => 0,
+        None => {
+            let limit = max_in_flight(&policy.spec.rollout.max_in_flight, observed.selected.len());
+            let changing = restores_in_flight(ctx, policy, &observed).await;
+            budget(limit, changing).min(ctx.config.max_modifies_per_reconcile)
+        }
+    };
+    let mut restored = 0;
+    let mut errors = Vec::new();
+    let total = survey.to_send.len();
+    for candidate in survey.to_send.into_iter().take(allowed) {
+        match send_restore(ctx, policy, &observed, candidate).await {
+            Ok(()) => restored += 1,
+            Err(why) => errors.push(why),
         }
     }
-    if !remaining_errors.is_empty() {
+    let remaining = total - restored + survey.waiting.len();
+    let progress = RestoreProgress {
+        restored,
+        remaining,
+        halt: state.halt,
+        last_resume: state.last_resume,
+    };
+    // The last pass writes no status: the finalizer patch that follows carries the
+    // resourceVersion this reconcile read.
+    if remaining > 0 || progress.halt.is_some() {
+        write_progress(ctx, policy, &progress).await?;
+    }
+    errors.extend(survey.waiting);
+    if !errors.is_empty() {
         let note = format!(
             "{} instances not restored yet (retrying): {}",
-            remaining_errors.len(),
-            remaining_errors.join("; ")
+            errors.len(),
+            errors.join("; ")
         );
         publish(
             ctx,
@@ -74,104 +123,271 @@ async fn restore(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<(), R
         )
         .await;
         return Err(ReconcileError::RestoreIncomplete {
-            policy: name,
-            remaining: remaining_errors.len(),
+            policy: policy.name_any(),
+            remaining,
         });
     }
-    tracing::info!(policy = %name, restored, "restored original options before deletion");
-    Ok(())
+    if remaining == 0 {
+        tracing::info!(policy = %policy.name_any(), "restored before deletion");
+    }
+    Ok(remaining)
 }
 
-async fn restore_node(
-    ctx: &Context,
-    policy: &InstanceMetadataPolicy,
-    node: &NodeInput,
-    remaining: &[&PolicyInput],
-) -> Outcome {
-    let Ok(instance) = provider_id::parse(node.provider_id.as_deref()) else {
-        return Outcome::Untouched;
-    };
-    let id = instance.instance_id;
-    let action = {
-        let cache = ctx.cache.lock().await;
-        let observation = cache.observations([&id]).remove(&id);
-        let original = cache.original(&id).and_then(FullOptions::from_tag_value);
-        restore_action(observation.as_ref(), original.as_ref(), remaining)
-    };
-    let step = match action {
-        RestoreAction::Skip => return Outcome::Untouched,
-        RestoreAction::Wait(why) => return Outcome::Remaining(format!("{id}: {why}")),
-        RestoreAction::Step(step) => step,
-    };
-    let mut outcome = Outcome::Untouched;
-    if let Some(request) = step.modify {
-        outcome = send_restore(ctx, policy, &node.name, &id, request).await;
-        if !matches!(outcome, Outcome::Restored | Outcome::Refused) {
-            return outcome;
+/// Decides, per selected instance, what restoring it takes.
+async fn survey(ctx: &Context, policy: &InstanceMetadataPolicy, observed: &Observed) -> Survey {
+    let deleted = policy.name_any();
+    let mut stored = ctx.records.get_many(&observed.instance_ids).await;
+    let observations = ctx.cache.lock().await.observations(&observed.instance_ids);
+    let mut survey = Survey::default();
+    for node in &observed.selected {
+        let Ok(instance) = provider_id::parse(node.provider_id.as_deref()) else {
+            continue;
+        };
+        let id = instance.instance_id;
+        let record = match stored.remove(&id) {
+            Some(Ok(record)) => record,
+            Some(Err(invalid)) => {
+                let note = format!("node {}: {invalid}; never applied, not restored", node.name);
+                let event = PolicyEvent::warning(Some(&node.name), Reason::RecordInvalid, "Restore", note);
+                publish(ctx, policy, event).await;
+                continue;
+            }
+            None => continue,
+        };
+        if !record.options.values().any(|e| e.by.contains(&deleted)) {
+            continue;
+        }
+        let current = match observations.get(&id) {
+            Some(Observation::Found(o)) if o.state == ApplyState::Pending => {
+                survey
+                    .waiting
+                    .push(format!("{id}: a change is pending; restoring after it applied"));
+                continue;
+            }
+            Some(Observation::Found(o)) => FullOptions::completed(&o.values),
+            Some(Observation::Failed(f)) => {
+                survey.waiting.push(format!("{id}: {}", f.message));
+                continue;
+            }
+            // Gone: nothing to restore.
+            Some(Observation::NotFound) | None => continue,
+        };
+        let remaining = remaining_decisions(observed, node);
+        let outcome = record::restore(&record, &current, &deleted, &remaining);
+        match outcome.request {
+            Some(_) => survey.to_send.push(Candidate {
+                node: node.name.clone(),
+                instance_id: id,
+                current,
+                record,
+                outcome,
+            }),
+            None => survey.hand_overs.push((id, current, remaining)),
         }
     }
-    forget_original(ctx, &id, &step)
-        .await
-        .map_or(outcome, Outcome::Remaining)
+    survey
 }
 
-/// Sends the restoring request; an instance EC2 will never take it for is reported and let go.
+/// Writes the record changes that need no request, recomputed on the stored records in one
+/// atomic step (a request of another policy may have changed a record since the survey).
+async fn write_hand_overs(ctx: &Context, deleted: &str, survey: &mut Survey) {
+    let hand_overs = std::mem::take(&mut survey.hand_overs);
+    if hand_overs.is_empty() {
+        return;
+    }
+    let inputs: HashMap<&str, (&FullOptions, &selection::Decisions)> =
+        hand_overs.iter().map(|(id, c, d)| (id.as_str(), (c, d))).collect();
+    let ids: Vec<String> = hand_overs.iter().map(|(id, _, _)| id.clone()).collect();
+    let written = ctx
+        .records
+        .update(&ids, |id, current| {
+            let (options, remaining) = inputs.get(id)?;
+            let outcome = record::restore(current, options, deleted, remaining);
+            outcome.request.is_none().then_some(outcome.record)
+        })
+        .await;
+    if let Some(error) = written.error {
+        survey.waiting.push(format!("records not written: {error}"));
+    }
+}
+
+fn remaining_decisions(observed: &Observed, node: &NodeInput) -> selection::Decisions {
+    let remaining: Vec<&PolicyInput> = observed.policies.iter().filter(|p| p.selects(&node.labels)).collect();
+    selection::decide(remaining)
+}
+
+/// This policy's restore requests still changing (sent without an answer, or settling).
+async fn restores_in_flight(ctx: &Context, policy: &InstanceMetadataPolicy, observed: &Observed) -> usize {
+    let settle = Duration::from_secs(policy.spec.rollout.settle_seconds.max(0) as u64);
+    let now = Timestamp::now();
+    ctx.records
+        .valid(&observed.instance_ids)
+        .await
+        .values()
+        .filter_map(|r| r.change.as_ref())
+        .filter(|c| record::in_flight(c, now, settle))
+        .count()
+}
+
+/// Writes the request ahead, sends it, and records the outcome; why not, when it failed.
 async fn send_restore(
     ctx: &Context,
     policy: &InstanceMetadataPolicy,
-    node: &str,
-    id: &str,
-    request: FullOptions,
-) -> Outcome {
-    if !ctx.cache.lock().await.claim(id) {
-        return Outcome::Remaining(format!("{id}: another change is in flight"));
+    observed: &Observed,
+    candidate: Candidate,
+) -> Result<(), String> {
+    let Candidate {
+        node,
+        instance_id: id,
+        current,
+        record,
+        outcome,
+    } = candidate;
+    let Some(request) = outcome.request else { return Ok(()) };
+    if !ctx.cache.lock().await.claim(&id) {
+        return Err(format!("{id}: another change is in flight"));
     }
-    let result = ctx.clients.ec2.modify(id, &request, false).await;
+    let result = send_recorded(ctx, policy, observed, &node, &id, &record, &request).await;
+    ctx.cache.lock().await.release(&id);
+    let answer = match result {
+        Ok(answer) => answer,
+        Err(SendError::NotRecorded(why)) => return Err(format!("{id}: {why}")),
+        Err(SendError::Ec2(e)) if e.kind == AwsErrorKind::NotFound => {
+            ctx.records.put(vec![(id, InstanceRecord::default())]).await;
+            return Ok(());
+        }
+        // EC2 will never take these options (e.g. the account now enforces IMDSv2): retrying
+        // cannot succeed, so report it and let the record go.
+        Err(SendError::Ec2(e)) if e.kind == AwsErrorKind::Unsupported => {
+            let note = format!("node {node} ({id}): cannot restore {request}: {e}");
+            publish(
+                ctx,
+                policy,
+                PolicyEvent::warning(Some(&node), Reason::RestoreRefused, "Restore", note),
+            )
+            .await;
+            ctx.records.put(vec![(id, outcome.record)]).await;
+            return Ok(());
+        }
+        Err(SendError::Ec2(e)) => {
+            ctx.records.put(vec![(id.clone(), record)]).await;
+            return Err(format!("{id}: {e}"));
+        }
+    };
     {
         let mut cache = ctx.cache.lock().await;
-        cache.release(id);
-        if let Ok(answer) = &result {
-            let tag_keys = cache.tag_keys(id).map(<[String]>::to_vec).unwrap_or_default();
-            cache.observe(
-                id,
-                Observation::Found(answer.clone()),
-                tag_keys,
-                tokio::time::Instant::now(),
-            );
-        }
+        let tag_keys = cache.tag_keys(&id).map(<[String]>::to_vec).unwrap_or_default();
+        cache.observe(&id, Observation::Found(answer), tag_keys, tokio::time::Instant::now());
     }
-    match result {
-        Ok(_) => {
-            let note = format!("node {node} ({id}): restored {request}");
-            let event = PolicyEvent::normal(Some(node), Reason::Restored, "ModifyInstanceMetadataOptions", note);
-            publish(ctx, policy, event).await;
-            Outcome::Restored
-        }
-        Err(e) if e.kind == AwsErrorKind::NotFound => Outcome::Untouched,
-        // EC2 will never take these options (e.g. the account now enforces IMDSv2): retrying
-        // cannot succeed, so report it and let the policy go.
-        Err(e) if e.kind == AwsErrorKind::Unsupported => {
-            let note = format!("node {node} ({id}): cannot restore {request}: {e}");
-            let event = PolicyEvent::warning(Some(node), Reason::RestoreRefused, "Restore", note);
-            publish(ctx, policy, event).await;
-            Outcome::Refused
-        }
-        Err(e) => Outcome::Remaining(format!("{id}: {e}")),
+    let mut done = outcome.record;
+    done.change = Some(change(policy, observed, &node, &request, ChangeState::Accepted));
+    ctx.records.put(vec![(id.clone(), done)]).await;
+    let restored: Vec<&str> = outcome.restored.iter().map(|f| f.name()).collect();
+    let note = format!(
+        "node {node} ({id}): restored {} (was {current}); sent {request}",
+        restored.join(", ")
+    );
+    let event = PolicyEvent::normal(Some(&node), Reason::Restored, "ModifyInstanceMetadataOptions", note);
+    publish(ctx, policy, event).await;
+    Ok(())
+}
+
+enum SendError {
+    NotRecorded(String),
+    Ec2(crate::aws::AwsError),
+}
+
+/// Records the restore request as `Sent` (the option entries stay until it is accepted), then
+/// sends it.
+async fn send_recorded(
+    ctx: &Context,
+    policy: &InstanceMetadataPolicy,
+    observed: &Observed,
+    node: &str,
+    id: &str,
+    record: &InstanceRecord,
+    request: &FullOptions,
+) -> Result<imds_core::options::ObservedOptions, SendError> {
+    let mut ahead = record.clone();
+    ahead.change = Some(change(policy, observed, node, request, ChangeState::Sent));
+    let written = ctx.records.put(vec![(id.to_string(), ahead)]).await;
+    if !written.ids.contains(id) {
+        let why = written.error.unwrap_or_default();
+        return Err(SendError::NotRecorded(format!(
+            "the record could not be written: {why}"
+        )));
+    }
+    ctx.clients.ec2.modify(id, request, false).await.map_err(SendError::Ec2)
+}
+
+fn change(
+    policy: &InstanceMetadataPolicy,
+    observed: &Observed,
+    node: &str,
+    request: &FullOptions,
+    state: ChangeState,
+) -> ChangeRecord {
+    ChangeRecord {
+        policy: policy.name_any(),
+        node: node.to_string(),
+        at: Timestamp::now(),
+        was_ready: observed.readiness.get(node).copied().flatten().unwrap_or(false),
+        request: request.to_tag_value(),
+        state,
     }
 }
 
-/// Removes the original-options tag when no remaining policy manages the instance; why not,
-/// when removing failed.
-async fn forget_original(ctx: &Context, id: &str, step: &RestoreStep) -> Option<String> {
-    if !step.forget_original {
-        return None;
+async fn write_progress(
+    ctx: &Context,
+    policy: &InstanceMetadataPolicy,
+    progress: &RestoreProgress,
+) -> Result<(), ReconcileError> {
+    let generation = policy.metadata.generation.unwrap_or_default();
+    let previous = policy.status.clone().unwrap_or_default();
+    let now = Time(Timestamp::now());
+    let new_status = status::restoring(&previous, generation, progress, now);
+    if progress.halt.is_some() && previous.rollout_halt.is_none() {
+        let note = new_status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == imds_core::api::condition::STALLED)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        publish(
+            ctx,
+            policy,
+            PolicyEvent::warning(None, Reason::RolloutHalted, "Restore", note),
+        )
+        .await;
     }
-    match ctx.clients.ec2.forget_original(id).await {
-        Ok(()) => {
-            ctx.cache.lock().await.clear_original(id);
-            None
-        }
-        Err(e) if e.kind == AwsErrorKind::NotFound => None,
-        Err(e) => Some(format!("{id}: {e}")),
-    }
+    patch_status(ctx, &policy.name_any(), &new_status).await
+}
+
+/// Gives up restoring: a Warning names the instances that keep what this policy set.
+async fn abandon(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<(), ReconcileError> {
+    let deleted = policy.name_any();
+    let observed = observe(policy, ctx, true).await?;
+    let left: Vec<String> = ctx
+        .records
+        .valid(&observed.instance_ids)
+        .await
+        .into_iter()
+        .filter(|(_, r)| r.options.values().any(|e| e.by.contains(&deleted)))
+        .map(|(id, _)| id)
+        .collect();
+    let mut shown: Vec<&str> = left.iter().map(String::as_str).take(20).collect();
+    shown.sort();
+    let note = format!(
+        "restore abandoned ({ABANDON_RESTORE_ANNOTATION}); {} instances keep the options this policy set{}{}",
+        left.len(),
+        if shown.is_empty() { "" } else { ": " },
+        shown.join(", ")
+    );
+    publish(
+        ctx,
+        policy,
+        PolicyEvent::warning(None, Reason::RestoreAbandoned, "Restore", note),
+    )
+    .await;
+    Ok(())
 }

@@ -3,6 +3,7 @@
 
 use super::cache::InstanceCache;
 use super::memo::PolicyMemo;
+use super::records::RecordStore;
 use crate::aws::cloudwatch::UsageReader;
 use crate::aws::ec2::Ec2;
 use crate::telemetry::metrics::Metrics;
@@ -53,6 +54,8 @@ pub struct Context {
     pub stores: Stores,
     /// What is known of instances.
     pub cache: Mutex<InstanceCache>,
+    /// What the operator changed, persisted (originals, who, the last requests).
+    pub records: RecordStore,
     /// What is remembered per policy.
     pub memo: PolicyMemo,
     /// Metrics.
@@ -63,11 +66,18 @@ pub struct Context {
 
 impl Context {
     /// Builds the context.
-    pub fn new(clients: Clients, stores: Stores, metrics: Arc<Metrics>, config: ControllerConfig) -> Context {
+    pub fn new(
+        clients: Clients,
+        stores: Stores,
+        records: RecordStore,
+        metrics: Arc<Metrics>,
+        config: ControllerConfig,
+    ) -> Context {
         Context {
             clients,
             stores,
             cache: Mutex::new(InstanceCache::default()),
+            records,
             memo: PolicyMemo::default(),
             metrics,
             config,

@@ -6,6 +6,7 @@
 //! - [`context`]: clients, stores, cache, memory and tunables every reconcile shares.
 //! - [`cache`]: what is known of instances between reconciles.
 //! - [`memo`]: what is remembered per policy (preflights, membership, backoff).
+//! - [`records`]: what the operator changed, kept in ConfigMaps (originals, last requests).
 //! - [`observe`]: nodes and policies from the stores, instances from EC2, IMDSv1 usage; planning.
 //! - [`rollout`]: the staged rollout's inputs for the core's decisions.
 //! - [`apply`]: claims, records originals, sends modify requests, records outcomes.
@@ -28,6 +29,7 @@ pub mod observe;
 pub mod policy_writes;
 pub mod preflight;
 pub mod reconcile;
+pub mod records;
 pub mod rollout;
 pub mod watches;
 

@@ -3,13 +3,17 @@
 
 use super::context::Context;
 use super::error::ReconcileError;
+use crate::aws::ec2::ORIGINAL_OPTIONS_TAG;
 use imds_core::api::InstanceMetadataPolicy;
 use imds_core::node;
-use imds_core::observation::{Failure, NodeInput};
+use imds_core::observation::{Failure, NodeInput, Observation};
+use imds_core::options::ObservedOptions;
 use imds_core::plan::guards::{GuardFacts, parse_lookback};
 use imds_core::plan::{self, NodePlan, PlanInput};
 use imds_core::provider_id;
+use imds_core::record::{self, ChangeState, InstanceRecord};
 use imds_core::selection::PolicyInput;
+use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -82,23 +86,61 @@ pub async fn observe(
     })
 }
 
-/// Reads the instances whose cached observation is stale (all of them when `all`).
-pub async fn refresh(ctx: &Context, instance_ids: &[String], all: bool) {
+/// Reads the instances whose cached observation is stale (all of them when `all`), and those
+/// with a request sent but not answered; settles such requests by what EC2 shows. Returns the
+/// instances newly seen carrying the tag older versions recorded originals in.
+pub async fn refresh(ctx: &Context, instance_ids: &[String], all: bool) -> Vec<String> {
     let max_age = if all {
         Duration::ZERO
     } else {
         ctx.config.resync_period.mul_f64(0.9)
     };
-    let stale = ctx.cache.lock().await.stale(instance_ids, Instant::now(), max_age);
+    let records = ctx.records.valid(instance_ids).await;
+    let unanswered = records.iter().filter(|(_, r)| has_sent(r)).map(|(id, _)| id.clone());
+    let mut stale = ctx.cache.lock().await.stale(instance_ids, Instant::now(), max_age);
+    stale.extend(unanswered);
+    stale.sort();
+    stale.dedup();
     if stale.is_empty() {
-        return;
+        return Vec::new();
     }
     let issued = Instant::now();
+    let issued_at = Timestamp::now();
     let described = ctx.clients.ec2.describe_instances(&stale).await;
-    let mut cache = ctx.cache.lock().await;
-    for (id, d) in described {
-        cache.observe_described(&id, d, issued);
+    let mut shown: HashMap<String, ObservedOptions> = HashMap::new();
+    let mut tagged = Vec::new();
+    {
+        let mut cache = ctx.cache.lock().await;
+        for (id, d) in described {
+            if let Observation::Found(options) = &d.observation {
+                shown.insert(id.clone(), options.clone());
+            }
+            if d.tag_keys.iter().any(|k| k == ORIGINAL_OPTIONS_TAG) && cache.first_sight_of_record_tag(&id) {
+                tagged.push(id.clone());
+            }
+            cache.observe_described(&id, d, issued);
+        }
     }
+    let unanswered: Vec<String> = shown
+        .keys()
+        .filter(|id| records.get(*id).is_some_and(has_sent))
+        .cloned()
+        .collect();
+    if !unanswered.is_empty() {
+        ctx.records
+            .update(&unanswered, |id, record| {
+                let change = record.change.as_ref().filter(|c| c.state == ChangeState::Sent)?;
+                let mut next = record.clone();
+                next.change = record::settle_sent(change, shown.get(id)?, issued_at);
+                Some(next)
+            })
+            .await;
+    }
+    tagged
+}
+
+fn has_sent(record: &InstanceRecord) -> bool {
+    record.change.as_ref().is_some_and(|c| c.state == ChangeState::Sent)
 }
 
 /// Plans, reading the IMDSv1 usage the plans wait for and planning again with it.

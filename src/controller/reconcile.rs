@@ -9,6 +9,7 @@ use super::events::{PolicyEvent, publish, publish_conflicts};
 use super::observe::{self, Observed};
 use super::policy_writes::{patch_status, record_gauges, sync_finalizer};
 use super::rollout;
+use crate::aws::ec2::ORIGINAL_OPTIONS_TAG;
 use imds_core::api::{InstanceMetadataPolicy, InstanceMetadataPolicyStatus, condition};
 use imds_core::observation::FailureKind;
 use imds_core::plan::NodePlan;
@@ -41,7 +42,8 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
     let observed = observe::observe(policy, ctx, false).await?;
     ctx.memo
         .record_membership(&name, observed.selected.iter().map(|n| n.name.clone()).collect());
-    observe::refresh(ctx, &observed.instance_ids, false).await;
+    let tagged = observe::refresh(ctx, &observed.instance_ids, false).await;
+    publish_ignored_record_tags(ctx, policy, &tagged).await;
 
     let plans = observe::plan_reading_usage(ctx, &observed).await;
 
@@ -90,6 +92,22 @@ fn summarize(policy: &InstanceMetadataPolicy, plans: &[NodePlan], progress: &Pro
     let previous = policy.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     status::summarize(policy.spec.mode, generation, plans, progress, &previous, now)
+}
+
+/// A Warning per instance that carries the tag older versions recorded originals in: anyone with
+/// `ec2:CreateTags` can write it, so it is never read; the records are in the cluster.
+async fn publish_ignored_record_tags(ctx: &Context, policy: &InstanceMetadataPolicy, ids: &[String]) {
+    for id in ids {
+        let note = format!(
+            "instance {id} carries the tag {ORIGINAL_OPTIONS_TAG}; ignored: the operator keeps its records in ConfigMaps, never in instance tags"
+        );
+        publish(
+            ctx,
+            policy,
+            PolicyEvent::warning(None, Reason::RecordTagIgnored, "Record", note),
+        )
+        .await;
+    }
 }
 
 /// One Warning when the rollout halts (not on every reconcile while it stays halted).

@@ -1,18 +1,22 @@
-//! The staged rollout's inputs from the cache and the last status, handed to the pure
-//! decisions in [`imds_core::rollout`].
+//! The staged rollout's inputs from the persisted records and the last status, handed to the
+//! pure decisions in [`imds_core::rollout`]. The records survive restarts and leader changes, so
+//! a restarted operator counts what is settling and what may halt before it sends anything.
 
 use super::context::Context;
 use super::observe::Observed;
 use imds_core::api::{InstanceMetadataPolicy, RESUME_ANNOTATION};
 use imds_core::plan::NodePlan;
+use imds_core::record::{self, ChangeState, InstanceRecord};
 use imds_core::rollout::{self, HaltRecord, RecentChange, RolloutState};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use std::collections::HashMap;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// The rollout's state: the halt carried over from the last status (unless a person resumed or
-/// the spec changed), or a new one when a node this policy changed turned NotReady.
+/// the spec changed), or a new one when a node changed within the halt window turned NotReady.
+/// A lifted halt forgets the accepted changes of the selected instances.
 pub async fn state(policy: &InstanceMetadataPolicy, ctx: &Context, observed: &Observed) -> RolloutState {
     let generation = policy.metadata.generation.unwrap_or_default();
     let status = policy.status.clone().unwrap_or_default();
@@ -22,41 +26,58 @@ pub async fn state(policy: &InstanceMetadataPolicy, ctx: &Context, observed: &Ob
         annotation: policy.annotations().get(RESUME_ANNOTATION).cloned(),
     };
     let window = Duration::from_secs(policy.spec.rollout.halt_on_not_ready_within_seconds.max(0) as u64);
-    let recent = recent_changes(ctx, observed).await;
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let records = ctx.records.valid(&observed.instance_ids).await;
+    let now = Timestamp::now();
+    let recent = recent_changes(&records, now);
     let is_ready = |node: &str| observed.readiness.get(node).copied().flatten();
-    let state = rollout::rollout_state(&record, generation, &recent, window, is_ready, now);
+    let state = rollout::rollout_state(&record, generation, &recent, window, is_ready, Time(now));
     if state.lifted {
-        ctx.cache.lock().await.forget_changes(&observed.instance_ids);
+        forget_accepted_changes(ctx, &observed.instance_ids).await;
         tracing::info!(policy = %policy.name_any(), "rollout resumed");
     }
     state
 }
 
-async fn recent_changes(ctx: &Context, observed: &Observed) -> Vec<RecentChange> {
-    let cache = ctx.cache.lock().await;
-    let now = Instant::now();
-    observed
-        .instance_ids
+/// Every recorded change of these instances, whoever made it.
+pub fn recent_changes(records: &HashMap<String, InstanceRecord>, now: Timestamp) -> Vec<RecentChange> {
+    records
         .iter()
-        .filter_map(|id| {
-            let change = cache.change(id)?;
+        .filter_map(|(id, r)| {
+            let change = r.change.as_ref()?;
             Some(RecentChange {
                 node: change.node.clone(),
                 instance_id: id.clone(),
-                age: now.saturating_duration_since(change.at),
+                age: record::age(change.at, now),
                 was_ready: change.was_ready,
             })
         })
         .collect()
 }
 
-/// Instances of this policy that are changing: pending in EC2, or changed less than
-/// `settleSeconds` ago.
+async fn forget_accepted_changes(ctx: &Context, ids: &[String]) {
+    ctx.records
+        .update(ids, |_, record| {
+            let accepted = record.change.as_ref().is_some_and(|c| c.state == ChangeState::Accepted);
+            accepted.then(|| InstanceRecord {
+                change: None,
+                ..record.clone()
+            })
+        })
+        .await;
+}
+
+/// Instances of this policy that are changing: pending in EC2, sent without an answer yet, or
+/// accepted less than `settleSeconds` ago.
 pub async fn in_flight(ctx: &Context, policy: &InstanceMetadataPolicy, plans: &[NodePlan]) -> usize {
     let settle = Duration::from_secs(policy.spec.rollout.settle_seconds.max(0) as u64);
-    let cache = ctx.cache.lock().await;
-    let now = Instant::now();
-    let age = |id: &str| cache.change(id).map(|c| now.saturating_duration_since(c.at));
-    rollout::in_flight(plans, age, settle)
+    let ids: Vec<String> = plans.iter().filter_map(|p| p.instance_id.clone()).collect();
+    let records = ctx.records.valid(&ids).await;
+    let now = Timestamp::now();
+    let changing = |id: &str| {
+        records
+            .get(id)
+            .and_then(|r| r.change.as_ref())
+            .is_some_and(|c| record::in_flight(c, now, settle))
+    };
+    rollout::in_flight(plans, changing)
 }

@@ -4,6 +4,7 @@
 
 mod invalid;
 mod moto_scenarios;
+mod records;
 mod report;
 mod safety;
 mod shipping;

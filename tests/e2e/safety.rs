@@ -11,7 +11,7 @@ use imds_test_support::e2e::{CONVERGE, Cluster, Operator, condition, eventually,
 use imds_test_support::ec2_double::{Ec2Double, MODIFY, OPTION_PARAMS};
 use std::time::Duration;
 
-fn v1_instance() -> FullOptions {
+pub(crate) fn v1_instance() -> FullOptions {
     FullOptions {
         http_tokens: HttpTokens::Optional,
         hop_limit: 1,
@@ -22,14 +22,14 @@ fn v1_instance() -> FullOptions {
 }
 
 /// A policy document; `extra` is appended under `spec:` (two-space indented lines).
-fn policy(name: &str, options: &str, extra: &str) -> String {
+pub(crate) fn policy(name: &str, options: &str, extra: &str) -> String {
     format!(
         "apiVersion: imds-operator.io/v1alpha1\nkind: InstanceMetadataPolicy\nmetadata:\n  name: {name}\nspec:\n  nodeSelector: {{}}\n  metadataOptions: {options}\n{extra}"
     )
 }
 
-const FAST: &str = "  rollout: {maxInFlight: \"100%\", settleSeconds: 0}\n";
-const NO_USAGE_GUARD: &str = "  guards: {imdsv1Usage: {mode: \"Off\"}}\n";
+pub(crate) const FAST: &str = "  rollout: {maxInFlight: \"100%\", settleSeconds: 0}\n";
+pub(crate) const NO_USAGE_GUARD: &str = "  guards: {imdsv1Usage: {mode: \"Off\"}}\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_changes_are_never_resent_and_requests_carry_all_five_options() -> Result<()> {
@@ -256,7 +256,7 @@ async fn put_tokenless_calls(cw: &aws_sdk_cloudwatch::Client, id: &str, calls: f
     Ok(())
 }
 
-async fn tokens_of(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<String> {
+pub(crate) async fn tokens_of(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<String> {
     Ok(imds_test_support::e2e::imds(ec2, id).await?.0)
 }
 
@@ -312,7 +312,7 @@ async fn imdsv1_callers_are_not_moved_to_required() -> Result<()> {
 }
 
 /// Marks a node Ready or NotReady (there is no kubelet: the test plays it).
-fn set_ready(cluster: &Cluster, node: &str, ready: bool) -> Result<()> {
+pub(crate) fn set_ready(cluster: &Cluster, node: &str, ready: bool) -> Result<()> {
     let status = if ready { "True" } else { "False" };
     let patch = format!(
         r#"{{"status":{{"conditions":[{{"type":"Ready","status":"{status}","reason":"Test","message":"set by the test"}}]}}}}"#
@@ -462,26 +462,38 @@ async fn deleting_a_restore_policy_puts_the_original_options_back() -> Result<()
             .contains(&"imds-operator.io/restore".to_string())
     );
     assert_eq!(tokens_of(&ec2, &ids[0]).await?, "required");
+    let records = cluster.records().await?;
+    for id in &ids {
+        let options = &records[id]["options"];
+        assert_eq!(options["httpTokens"]["original"], "optional", "{records:?}");
+        assert_eq!(
+            options["httpTokens"]["by"],
+            serde_json::json!(["restore-me"]),
+            "{records:?}"
+        );
+        assert_eq!(options["httpPutResponseHopLimit"]["original"], "1", "{records:?}");
+    }
     let tags = ec2.describe_tags().send().await?;
-    let recorded: Vec<_> = tags
-        .tags()
-        .iter()
-        .filter(|t| t.key() == Some("imds-operator.io:original-options"))
-        .collect();
-    assert_eq!(recorded.len(), 2, "originals recorded on both instances: {recorded:?}");
+    assert!(
+        !tags
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some("imds-operator.io:original-options")),
+        "no record is kept in instance tags"
+    );
 
     // One node goes away (and its instance with it); deletion must not hang on it.
     cluster.kubectl(&["delete", "node", "vanishes"])?;
     ec2.terminate_instances().instance_ids(&ids[1]).send().await?;
     cluster.kubectl(&["delete", "imp", "restore-me", "--timeout=60s"])?;
     assert_eq!(tokens_of(&ec2, &ids[0]).await?, "optional", "original options restored");
-    let tags = ec2.describe_tags().send().await?;
-    let left: Vec<_> = tags
-        .tags()
-        .iter()
-        .filter(|t| t.key() == Some("imds-operator.io:original-options") && t.resource_id() == Some(ids[0].as_str()))
-        .collect();
-    assert!(left.is_empty(), "the record is removed once restored: {left:?}");
+    let records = cluster.records().await?;
+    let left = records.get(&ids[0]).map(|r| r["options"].clone());
+    assert!(
+        left.as_ref()
+            .is_none_or(|o| o.is_null() || o.as_object().is_some_and(|m| m.is_empty())),
+        "nothing is attributed to the policy once restored: {left:?}"
+    );
     let events = cluster.events_for("restore-me").await?;
     assert!(events.iter().any(|e| e.starts_with("Restored:")), "{events:?}");
     Ok(())

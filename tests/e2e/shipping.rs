@@ -573,10 +573,16 @@ async fn operator_runs_as_the_charts_service_account_with_least_privilege() -> R
     ];
     // Events only in "default", where the recorder publishes them for cluster-scoped objects.
     let event_rules = [row("events.events.k8s.io", &[], &["create", "patch"])];
-    let lease_rules = [
+    // The records ConfigMaps: kubectl lists one row per resource name.
+    let mut lease_rules = vec![
         row("leases.coordination.k8s.io", &[], &["create"]),
         row("leases.coordination.k8s.io", &[&lease_name], &["get", "patch"]),
+        row("configmaps", &[], &["create"]),
     ];
+    for i in 0..16 {
+        let name = format!("imds-operator-records-{i:02x}");
+        lease_rules.push(row("configmaps", &[&name], &["get", "update"]));
+    }
     let everyone = [
         row("selfsubjectreviews.authentication.k8s.io", &[], &["create"]),
         row("selfsubjectaccessreviews.authorization.k8s.io", &[], &["create"]),

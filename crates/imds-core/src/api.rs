@@ -108,9 +108,12 @@ pub struct InstanceMetadataPolicySpec {
     pub rollout: Rollout,
 
     /// What happens to the instances when this policy is deleted: `Retain` (default) leaves
-    /// their options as they are; `Restore` puts back the options each instance had before the
-    /// operator first changed it (recorded in the instance tag
-    /// `imds-operator.io:original-options`), as far as no remaining policy decides otherwise.
+    /// their options as they are; `Restore` puts back, on each instance, only the options this
+    /// policy decided and the operator changed, to the value they had before the operator first
+    /// changed them, and only where no remaining policy decides them (options another policy set
+    /// are left alone). The record is kept in ConfigMaps in the operator's namespace. A restore is
+    /// a staged rollout (maxInFlight, settle, halt); the annotation
+    /// `imds-operator.io/abandon-restore` ends one that cannot finish.
     #[serde(default)]
     pub on_delete: OnDelete,
 }
@@ -406,6 +409,15 @@ pub struct InstanceMetadataPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_resume: Option<String>,
 
+    /// While an `onDelete: Restore` policy is being deleted: nodes whose options are still to be
+    /// put back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restoring_nodes: Option<i32>,
+
+    /// While an `onDelete: Restore` policy is being deleted: nodes whose options were put back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_nodes: Option<i32>,
+
     /// Up to 20 selected nodes that are not compliant, with the reason and each drifted option
     /// (observed → desired). Failures and conflicts are listed first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -440,6 +452,10 @@ pub const RESUME_ANNOTATION: &str = "imds-operator.io/resume-rollout";
 
 /// Finalizer of policies with `onDelete: Restore`.
 pub const RESTORE_FINALIZER: &str = "imds-operator.io/restore";
+
+/// Set (to any value) on a `Restore` policy being deleted to give up restoring: the finalizer
+/// goes, the instances keep the options they have, and a Warning event names them.
+pub const ABANDON_RESTORE_ANNOTATION: &str = "imds-operator.io/abandon-restore";
 
 /// One node that is not compliant with the policy.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

@@ -12,6 +12,7 @@
 //! - [`plan`]: per node, its state and the request to send; [`plan::guards`] checks requests.
 //! - [`rollout`]: staged rollout budget, settle and halt decisions.
 //! - [`requeue`]: when to look again (backoff per failure kind).
+//! - [`record`]: what the operator changed on an instance (originals, who, the last request).
 //! - [`restore`]: what an instance needs when its `Restore` policy is deleted.
 //! - [`status`]: node plans → the policy's status and kstatus conditions.
 //! - `fixtures` (tests, or the `fixtures` feature): policy builders for tests.
@@ -25,6 +26,7 @@ pub mod options;
 pub mod plan;
 pub mod provider_id;
 pub mod reason;
+pub mod record;
 pub mod requeue;
 pub mod restore;
 pub mod rollout;

@@ -68,6 +68,23 @@ impl fmt::Display for OptionValue {
     }
 }
 
+impl OptionValue {
+    /// Parses the value of `field` as EC2 spells it (`required`, `2`, `enabled`…).
+    pub fn parse(field: Field, text: &str) -> Option<OptionValue> {
+        match field {
+            Field::HttpTokens => HttpTokens::from_ec2(text).map(OptionValue::Tokens),
+            Field::HopLimit => text
+                .parse::<i32>()
+                .ok()
+                .filter(|h| (1..=64).contains(h))
+                .map(OptionValue::HopLimit),
+            Field::HttpEndpoint | Field::HttpProtocolIpv6 | Field::InstanceMetadataTags => {
+                Toggle::from_ec2(text).map(OptionValue::Toggle)
+            }
+        }
+    }
+}
+
 impl MetadataOptions {
     /// The value this spec sets for `field`, if any.
     pub fn get(&self, field: Field) -> Option<OptionValue> {
@@ -171,6 +188,24 @@ impl FullOptions {
     /// The observed options as a complete set: EC2's launch default where EC2 reported none.
     pub fn completed(observed: &MetadataOptions) -> FullOptions {
         FullOptions::merge(&MetadataOptions::default(), observed)
+    }
+
+    /// The value of `field`.
+    pub fn get(&self, field: Field) -> OptionValue {
+        match field {
+            Field::HttpTokens => OptionValue::Tokens(self.http_tokens),
+            Field::HopLimit => OptionValue::HopLimit(self.hop_limit),
+            Field::HttpEndpoint => OptionValue::Toggle(self.http_endpoint),
+            Field::HttpProtocolIpv6 => OptionValue::Toggle(self.http_protocol_ipv6),
+            Field::InstanceMetadataTags => OptionValue::Toggle(self.instance_metadata_tags),
+        }
+    }
+
+    /// The same options with `field` set to `value` (a value of the wrong kind is ignored).
+    pub fn with(self, field: Field, value: OptionValue) -> FullOptions {
+        let mut options = self.to_options();
+        options.set(field, value);
+        FullOptions::completed(&options)
     }
 
     /// The same values as a (complete) `MetadataOptions`.

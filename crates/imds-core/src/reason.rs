@@ -65,11 +65,21 @@ pub enum Reason {
     RestoreRefused,
     /// Event: some instances are not restored yet (retried).
     RestoreFailed,
+    /// `Reconciling` and Event: the deleted policy's options are being put back.
+    Restoring,
+    /// Event: a person abandoned a restore that could not finish.
+    RestoreAbandoned,
+    /// Event: a stored record does not parse; it is never applied.
+    RecordInvalid,
+    /// Event: the record could not be written, so nothing was sent.
+    RecordNotWritten,
+    /// Event: an instance carries the tag older versions recorded originals in; it is ignored.
+    RecordTagIgnored,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 34] = [
         Reason::Compliant,
         Reason::NoNodesSelected,
         Reason::Drifted,
@@ -99,6 +109,11 @@ impl Reason {
         Reason::Restored,
         Reason::RestoreRefused,
         Reason::RestoreFailed,
+        Reason::Restoring,
+        Reason::RestoreAbandoned,
+        Reason::RecordInvalid,
+        Reason::RecordNotWritten,
+        Reason::RecordTagIgnored,
     ];
 
     /// The CamelCase wording.
@@ -133,6 +148,11 @@ impl Reason {
             Reason::Restored => "Restored",
             Reason::RestoreRefused => "RestoreRefused",
             Reason::RestoreFailed => "RestoreFailed",
+            Reason::Restoring => "Restoring",
+            Reason::RestoreAbandoned => "RestoreAbandoned",
+            Reason::RecordInvalid => "RecordInvalid",
+            Reason::RecordNotWritten => "RecordNotWritten",
+            Reason::RecordTagIgnored => "RecordTagIgnored",
         }
     }
 

@@ -140,18 +140,12 @@ pub fn rollout_state(
     }
 }
 
-/// The selected instances that are changing: pending in EC2, or changed (`change_age` answers
-/// how long ago, for instances this operator changed) less than `settle` ago.
-pub fn in_flight(plans: &[NodePlan], change_age: impl Fn(&str) -> Option<Duration>, settle: Duration) -> usize {
+/// The selected instances that are changing: pending in EC2, or with a last change that still
+/// counts (`changing`, by instance id: not answered yet, or settling).
+pub fn in_flight(plans: &[NodePlan], changing: impl Fn(&str) -> bool) -> usize {
     plans
         .iter()
-        .filter(|p| {
-            p.state == NodeState::Pending
-                || p.instance_id
-                    .as_deref()
-                    .and_then(&change_age)
-                    .is_some_and(|age| still_settling(age, settle))
-        })
+        .filter(|p| p.state == NodeState::Pending || p.instance_id.as_deref().is_some_and(&changing))
         .count()
 }
 
@@ -638,7 +632,8 @@ mod tests {
                     .find(|(i, _)| *i == id)
                     .map(|(_, s)| Duration::from_secs(*s))
             };
-            let got = in_flight(&plans, age, settle);
+            let changing = |id: &str| age(id).is_some_and(|a| still_settling(a, settle));
+            let got = in_flight(&plans, changing);
             assert_eq!(got, want, "{name}");
         }
     }

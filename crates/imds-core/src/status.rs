@@ -1,7 +1,7 @@
 //! From node plans (after applying) to the policy's status: counts, the bounded list of
 //! non-compliant nodes, and kstatus conditions. Pure.
 
-use crate::api::{InstanceMetadataPolicyStatus, NodeReport, PolicyMode, condition};
+use crate::api::{InstanceMetadataPolicyStatus, NodeReport, PolicyMode, RolloutHalt, condition};
 use crate::observation::FailureKind;
 use crate::plan::{NodePlan, NodeState};
 use crate::reason::Reason;
@@ -18,7 +18,7 @@ pub struct Progress {
     /// Drifted nodes whose request waits for the rate limit, the rollout or the next reconcile.
     pub deferred: usize,
     /// The staged rollout is halted.
-    pub halt: Option<crate::api::RolloutHalt>,
+    pub halt: Option<RolloutHalt>,
     /// The resume annotation value acted on.
     pub last_resume: Option<String>,
 }
@@ -45,6 +45,8 @@ pub fn summarize(
         blocked_nodes: count(NodeState::Blocked),
         rollout_halt: progress.halt.clone(),
         last_resume: progress.last_resume.clone(),
+        restoring_nodes: None,
+        restored_nodes: None,
         non_compliant_nodes: Vec::new(),
         last_sync_time: Some(now.clone()),
         conditions: Vec::new(),
@@ -69,6 +71,83 @@ pub fn summarize(
         .into_iter()
         .map(|(type_, is_true, reason, message)| {
             condition_with_history(previous, type_, is_true, reason, message, generation, &now)
+        })
+        .collect();
+    status
+}
+
+/// What a reconcile of an `onDelete: Restore` policy being deleted did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RestoreProgress {
+    /// Nodes whose options were put back in this reconcile.
+    pub restored: usize,
+    /// Nodes still to restore.
+    pub remaining: usize,
+    /// The restore rollout is halted.
+    pub halt: Option<RolloutHalt>,
+    /// The resume annotation value acted on.
+    pub last_resume: Option<String>,
+}
+
+/// The status of a policy being restored before deletion: the last status with the restore's
+/// progress and conditions (`Reconciling` reason `Restoring`, or the halt).
+pub fn restoring(
+    previous: &InstanceMetadataPolicyStatus,
+    generation: i64,
+    progress: &RestoreProgress,
+    now: Time,
+) -> InstanceMetadataPolicyStatus {
+    let mut status = previous.clone();
+    let restored = status.restored_nodes.unwrap_or(0) + progress.restored as i32;
+    let remaining = progress.remaining;
+    status.observed_generation = Some(generation);
+    status.restored_nodes = Some(restored);
+    status.restoring_nodes = Some(remaining as i32);
+    status.rollout_halt = progress.halt.clone();
+    status.last_resume = progress.last_resume.clone();
+    status.last_sync_time = Some(now.clone());
+    let ready = (
+        false,
+        Reason::Restoring,
+        format!("the policy is being deleted; {remaining} nodes to restore"),
+    );
+    let (reconciling, stalled) = match &progress.halt {
+        Some(halt) => (
+            (
+                false,
+                Reason::RolloutHalted,
+                format!("restore halted at node {}", halt.node),
+            ),
+            (
+                true,
+                Reason::RolloutHalted,
+                format!(
+                    "node {} ({}) turned NotReady after its restore; set annotation {}=<new value> to resume or {}=true to give up",
+                    halt.node,
+                    halt.instance_id,
+                    crate::api::RESUME_ANNOTATION,
+                    crate::api::ABANDON_RESTORE_ANNOTATION
+                ),
+            ),
+        ),
+        None => (
+            (
+                true,
+                Reason::Restoring,
+                format!("restored {restored} nodes, {remaining} to go"),
+            ),
+            (false, Reason::NoBlockers, "nothing needs a person".to_string()),
+        ),
+    };
+    let wanted = [
+        (condition::READY, ready),
+        (condition::RECONCILING, reconciling),
+        (condition::STALLED, stalled),
+    ];
+    status.conditions = wanted
+        .into_iter()
+        .map(|(type_, (is_true, reason, message))| {
+            condition_with_history(&previous.conditions, type_, is_true, reason, message, generation, &now)
         })
         .collect();
     status

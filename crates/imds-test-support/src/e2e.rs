@@ -5,9 +5,10 @@ use crate::ControlPlane;
 use crate::process::{self, ChildGuard};
 use anyhow::{Context, Result, bail};
 use imds_core::api::{InstanceMetadataPolicy, InstanceMetadataPolicyStatus};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
@@ -144,6 +145,21 @@ impl Cluster {
         .await
     }
 
+    /// The operator's records (instance id → stored JSON), from its ConfigMaps in `default`.
+    pub async fn records(&self) -> Result<BTreeMap<String, serde_json::Value>> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), "default");
+        let list = api
+            .list(&ListParams::default().labels("imds-operator.io/records=true"))
+            .await?;
+        let mut out = BTreeMap::new();
+        for cm in list.items {
+            for (id, text) in cm.data.unwrap_or_default() {
+                out.insert(id, serde_json::from_str(&text)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Events (events.k8s.io) about a policy, as `reason: note` lines.
     pub async fn events_for(&self, policy: &str) -> Result<Vec<String>> {
         let events: Api<K8sEvent> = Api::namespaced(self.client.clone(), "default");
@@ -259,6 +275,15 @@ impl Operator {
 
     pub fn log_tail(&self, lines: usize) -> String {
         self.child.log_tail(lines)
+    }
+
+    /// SIGKILL: the process gets no chance to clean up (a crash, an OOM kill).
+    pub fn kill(&mut self) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.pid() as libc::pid_t, libc::SIGKILL);
+        }
+        self.child.stop_with_grace(Duration::from_secs(5));
     }
 
     /// SIGTERM, then wait up to `grace`.

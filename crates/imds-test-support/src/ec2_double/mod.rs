@@ -308,6 +308,7 @@ async fn handle(State(state): State<SharedState>, RawQuery(query): RawQuery, bod
             shared.requests.push(Recorded {
                 action: action.clone(),
                 params: params.clone(),
+                at: std::time::Instant::now(),
             });
             dispatch(&mut shared, &action, &params, &request_id)
         }
@@ -315,6 +316,7 @@ async fn handle(State(state): State<SharedState>, RawQuery(query): RawQuery, bod
             shared.requests.push(Recorded {
                 action: String::new(),
                 params: BTreeMap::new(),
+                at: std::time::Instant::now(),
             });
             Err(ApiError::invalid(message))
         }

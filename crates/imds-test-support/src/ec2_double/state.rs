@@ -14,6 +14,8 @@ pub struct Recorded {
     pub action: String,
     /// Every parameter, `Action` and `Version` included.
     pub params: BTreeMap<String, String>,
+    /// When the double received it.
+    pub at: std::time::Instant,
 }
 
 impl Recorded {

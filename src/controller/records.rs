@@ -1,0 +1,250 @@
+//! Where the operator keeps what it changed ([`imds_core::record`]): ConfigMaps in its own
+//! namespace, which only the operator's ServiceAccount may write (RBAC on those names), never on
+//! the instance where anyone with `ec2:CreateTags` could forge a record.
+//!
+//! The instances are spread over [`SHARDS`] ConfigMaps `<prefix>-records-<00..0f>` by a hash of
+//! the instance id, one data key per instance (a JSON record of a few hundred bytes): 5,000
+//! instances take about 1.5 MB, under 120 kB per ConfigMap (the API server's limit is 1 MiB).
+//! The leader loads every shard before it sends anything and then keeps the copy in memory; a
+//! record is in memory only after its write succeeded. Writes replace a shard with its
+//! resourceVersion, so a concurrent writer (a deposed leader) fails instead of losing records.
+
+use imds_core::record::{InstanceRecord, InvalidRecord};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ObjectMeta, PostParams};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use tokio::sync::Mutex;
+
+/// How many ConfigMaps hold the records.
+pub const SHARDS: usize = 16;
+/// Tries of one shard write when another writer changed it in between.
+const CONFLICT_RETRIES: usize = 3;
+
+/// The name of shard `index` for `prefix`.
+pub fn shard_name(prefix: &str, index: usize) -> String {
+    format!("{prefix}-records-{index:02x}")
+}
+
+/// The shard of an instance (FNV-1a: stable across versions and platforms).
+pub fn shard_of(instance_id: &str) -> usize {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in instance_id.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash as usize % SHARDS
+}
+
+#[derive(Debug, Default, Clone)]
+struct Shard {
+    /// The resourceVersion of the ConfigMap as last read or written (`None`: it does not exist).
+    resource_version: Option<String>,
+    /// Instance id → stored record text.
+    entries: BTreeMap<String, String>,
+}
+
+/// What a write achieved.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// The instances whose records are stored now.
+    pub ids: HashSet<String>,
+    /// Why the others are not.
+    pub error: Option<String>,
+}
+
+/// The records, in memory and in the ConfigMaps.
+pub struct RecordStore {
+    api: Api<ConfigMap>,
+    prefix: String,
+    shards: Mutex<Vec<Shard>>,
+}
+
+impl RecordStore {
+    /// Reads every shard.
+    pub async fn load(client: kube::Client, namespace: &str, prefix: &str) -> Result<RecordStore, kube::Error> {
+        let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+        let mut shards = Vec::with_capacity(SHARDS);
+        for index in 0..SHARDS {
+            shards.push(read_shard(&api, &shard_name(prefix, index)).await?);
+        }
+        let count: usize = shards.iter().map(|s| s.entries.len()).sum();
+        tracing::info!(%namespace, %prefix, instances = count, "records loaded");
+        Ok(RecordStore {
+            api,
+            prefix: prefix.to_string(),
+            shards: Mutex::new(shards),
+        })
+    }
+
+    /// The record of each instance (empty when none is stored), or why it cannot be used.
+    pub async fn get_many<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a String>,
+    ) -> HashMap<String, Result<InstanceRecord, InvalidRecord>> {
+        let shards = self.shards.lock().await;
+        ids.into_iter()
+            .map(|id| {
+                let record = match shards[shard_of(id)].entries.get(id) {
+                    Some(text) => InstanceRecord::parse(id, text),
+                    None => Ok(InstanceRecord::default()),
+                };
+                (id.clone(), record)
+            })
+            .collect()
+    }
+
+    /// The valid records of `ids` (an invalid one is reported where it would be used).
+    pub async fn valid<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> HashMap<String, InstanceRecord> {
+        self.get_many(ids)
+            .await
+            .into_iter()
+            .filter_map(|(id, r)| Some((id, r.ok()?)))
+            .collect()
+    }
+
+    /// The record of one instance.
+    pub async fn get(&self, id: &str) -> Result<InstanceRecord, InvalidRecord> {
+        let id = id.to_string();
+        self.get_many([&id])
+            .await
+            .remove(&id)
+            .unwrap_or_else(|| Ok(InstanceRecord::default()))
+    }
+
+    /// Stores records (an empty one removes the instance's key), one write per shard touched.
+    pub async fn put(&self, updates: Vec<(String, InstanceRecord)>) -> Written {
+        let mut by_shard: BTreeMap<usize, Vec<(String, InstanceRecord)>> = BTreeMap::new();
+        for (id, record) in updates {
+            by_shard.entry(shard_of(&id)).or_default().push((id, record));
+        }
+        let mut shards = self.shards.lock().await;
+        let mut written = Written::default();
+        for (index, updates) in by_shard {
+            match self.write_shard(&mut shards[index], index, &updates).await {
+                Ok(()) => written.ids.extend(updates.into_iter().map(|(id, _)| id)),
+                Err(e) => {
+                    tracing::warn!(shard = %shard_name(&self.prefix, index), error = %e, "could not write records");
+                    written.error = Some(format!("writing {}: {e}", shard_name(&self.prefix, index)));
+                }
+            }
+        }
+        written
+    }
+
+    /// Changes the records of `ids` atomically with respect to every other read and write of
+    /// the store: `change` sees the current valid record and answers the new one (`None`: leave
+    /// it). Invalid records are left alone.
+    pub async fn update(
+        &self,
+        ids: &[String],
+        change: impl Fn(&str, &InstanceRecord) -> Option<InstanceRecord>,
+    ) -> Written {
+        let mut shards = self.shards.lock().await;
+        let mut by_shard: BTreeMap<usize, Vec<(String, InstanceRecord)>> = BTreeMap::new();
+        for id in ids {
+            let index = shard_of(id);
+            let current = match shards[index].entries.get(id) {
+                Some(text) => match InstanceRecord::parse(id, text) {
+                    Ok(record) => record,
+                    Err(_) => continue,
+                },
+                None => InstanceRecord::default(),
+            };
+            if let Some(next) = change(id, &current).filter(|next| *next != current) {
+                by_shard.entry(index).or_default().push((id.clone(), next));
+            }
+        }
+        let mut written = Written::default();
+        for (index, updates) in by_shard {
+            match self.write_shard(&mut shards[index], index, &updates).await {
+                Ok(()) => written.ids.extend(updates.into_iter().map(|(id, _)| id)),
+                Err(e) => written.error = Some(format!("writing {}: {e}", shard_name(&self.prefix, index))),
+            }
+        }
+        written
+    }
+
+    async fn write_shard(
+        &self,
+        shard: &mut Shard,
+        index: usize,
+        updates: &[(String, InstanceRecord)],
+    ) -> Result<(), kube::Error> {
+        let name = shard_name(&self.prefix, index);
+        for attempt in 0..CONFLICT_RETRIES {
+            let mut next = shard.clone();
+            for (id, record) in updates {
+                if record.is_empty() {
+                    next.entries.remove(id);
+                } else {
+                    next.entries.insert(id.clone(), record.to_json());
+                }
+            }
+            match self.send_shard(&name, &next).await {
+                Ok(resource_version) => {
+                    next.resource_version = resource_version;
+                    *shard = next;
+                    return Ok(());
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 && attempt + 1 < CONFLICT_RETRIES => {
+                    tracing::warn!(shard = %name, "records changed by another writer; re-reading");
+                    *shard = read_shard(&self.api, &name).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(kube::Error::Service("conflict retries exhausted".into()))
+    }
+
+    /// Creates or replaces the ConfigMap; its new resourceVersion.
+    async fn send_shard(&self, name: &str, shard: &Shard) -> Result<Option<String>, kube::Error> {
+        let object = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                resource_version: shard.resource_version.clone(),
+                labels: Some(
+                    [
+                        ("app.kubernetes.io/managed-by".to_string(), "imds-operator".to_string()),
+                        ("imds-operator.io/records".to_string(), "true".to_string()),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            data: Some(shard.entries.clone()),
+            ..Default::default()
+        };
+        let stored = match shard.resource_version {
+            Some(_) => self.api.replace(name, &PostParams::default(), &object).await?,
+            None => self.api.create(&PostParams::default(), &object).await?,
+        };
+        Ok(stored.metadata.resource_version)
+    }
+}
+
+async fn read_shard(api: &Api<ConfigMap>, name: &str) -> Result<Shard, kube::Error> {
+    Ok(match api.get_opt(name).await? {
+        Some(cm) => Shard {
+            resource_version: cm.metadata.resource_version,
+            entries: cm.data.unwrap_or_default(),
+        },
+        None => Shard::default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        assert_eq!(shard_name("imds-operator", 10), "imds-operator-records-0a");
+        assert_eq!(shard_of("i-0123456789abcdef0"), shard_of("i-0123456789abcdef0"));
+        let mut counts = [0usize; SHARDS];
+        for n in 0..5000 {
+            counts[shard_of(&format!("i-{n:017x}"))] += 1;
+        }
+        // 5,000 instances: every shard gets some, none more than twice its share.
+        assert!(counts.iter().all(|c| *c > 0 && *c < 2 * 5000 / SHARDS), "{counts:?}");
+    }
+}
