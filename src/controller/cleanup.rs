@@ -9,7 +9,7 @@
 
 use super::context::Context;
 use super::error::ReconcileError;
-use super::events::{PolicyEvent, publish};
+use super::events::{PolicyEvent, publish, publish_halt};
 use super::observe::{Observed, observe, refresh};
 use super::policy_writes::{patch_status, set_finalizers, without_restore_finalizer};
 use super::rollout;
@@ -347,18 +347,7 @@ async fn write_progress(
     let now = Time(Timestamp::now());
     let new_status = status::restoring(&previous, generation, progress, now);
     if progress.halt.is_some() && previous.rollout_halt.is_none() {
-        let note = new_status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == imds_core::api::condition::STALLED)
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        publish(
-            ctx,
-            policy,
-            PolicyEvent::warning(None, Reason::RolloutHalted, "Restore", note),
-        )
-        .await;
+        publish_halt(ctx, policy, &new_status, "Restore").await;
     }
     patch_status(ctx, &policy.name_any(), &new_status).await
 }

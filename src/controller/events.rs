@@ -3,7 +3,7 @@
 //! series, so a modification of each node stays its own event.
 
 use super::context::Context;
-use imds_core::api::InstanceMetadataPolicy;
+use imds_core::api::{InstanceMetadataPolicy, InstanceMetadataPolicyStatus, condition};
 use imds_core::plan::{NodePlan, NodeState};
 use imds_core::reason::Reason;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -83,6 +83,27 @@ pub async fn publish_conflicts(ctx: &Context, policy: &InstanceMetadataPolicy, p
         );
         publish(ctx, policy, PolicyEvent::warning(None, Reason::Conflict, "Plan", note)).await;
     }
+}
+
+/// The Warning when a rollout (or a restore, `action`) halts; its note is the `Stalled` message.
+pub async fn publish_halt(
+    ctx: &Context,
+    policy: &InstanceMetadataPolicy,
+    status: &InstanceMetadataPolicyStatus,
+    action: &str,
+) {
+    let note = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::STALLED)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    publish(
+        ctx,
+        policy,
+        PolicyEvent::warning(None, Reason::RolloutHalted, action, note),
+    )
+    .await;
 }
 
 fn truncate(mut s: String, max: usize) -> String {

@@ -5,12 +5,12 @@ use super::apply::apply;
 use super::cleanup::cleanup;
 use super::context::Context;
 use super::error::ReconcileError;
-use super::events::{PolicyEvent, publish, publish_conflicts};
+use super::events::{PolicyEvent, publish, publish_conflicts, publish_halt};
 use super::observe::{self, Observed};
 use super::policy_writes::{patch_status, record_gauges, sync_finalizer};
 use super::rollout;
 use crate::aws::ec2::ORIGINAL_OPTIONS_TAG;
-use imds_core::api::{InstanceMetadataPolicy, InstanceMetadataPolicyStatus, condition};
+use imds_core::api::{InstanceMetadataPolicy, InstanceMetadataPolicyStatus};
 use imds_core::observation::FailureKind;
 use imds_core::plan::NodePlan;
 use imds_core::reason::Reason;
@@ -121,18 +121,7 @@ async fn publish_new_halt(
     if progress.halt.is_none() || was_halted {
         return;
     }
-    let note = new_status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == condition::STALLED)
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
-    publish(
-        ctx,
-        policy,
-        PolicyEvent::warning(None, Reason::RolloutHalted, "Rollout", note),
-    )
-    .await;
+    publish_halt(ctx, policy, new_status, "Rollout").await;
 }
 
 /// When to look again ([`requeue::requeue_delay`]), advancing the backoff of what fails and

@@ -221,6 +221,30 @@ async fn wait_for_modifies(double: &Ec2Double, at_least: usize) -> Result<()> {
     .await
 }
 
+/// `n` Ready nodes labelled `scenario`, named `<prefix><i>`, on double instances
+/// `i-<id_prefix><i:03x>` at the launch defaults; instance → node.
+async fn fleet(
+    cluster: &Cluster,
+    double: &Ec2Double,
+    n: u32,
+    id_prefix: &str,
+    prefix: &str,
+    scenario: &str,
+) -> Result<BTreeMap<String, String>> {
+    let mut nodes = BTreeMap::new();
+    for i in 0..n {
+        let id = format!("i-{id_prefix}{i:03x}");
+        double.add_instance(&id, v1_instance(), &[]);
+        let node = format!("{prefix}{i}");
+        cluster
+            .create_node(&node, &[("scenario", scenario)], Some(&provider_id(&id)))
+            .await?;
+        set_ready(cluster, &node, true)?;
+        nodes.insert(id, node);
+    }
+    Ok(nodes)
+}
+
 fn leader_args(identity: &str) -> Vec<&str> {
     vec![
         "--leader-election=true",
@@ -235,17 +259,7 @@ fn leader_args(identity: &str) -> Vec<&str> {
 async fn killed_operators_keep_the_rollout_limits_and_halt_after_a_restart() -> Result<()> {
     let cluster = Cluster::start().await?;
     let double = Ec2Double::start().await;
-    let mut nodes = BTreeMap::new();
-    for i in 0..6 {
-        let id = format!("i-00000000000000{i:03x}");
-        double.add_instance(&id, v1_instance(), &[]);
-        let node = format!("n{i}");
-        cluster
-            .create_node(&node, &[("scenario", "crash")], Some(&provider_id(&id)))
-            .await?;
-        set_ready(&cluster, &node, true)?;
-        nodes.insert(id, node);
-    }
+    let nodes = fleet(&cluster, &double, 6, "00000000000000", "n", "crash").await?;
     let settle = Duration::from_secs(8);
     let mut operator = Operator::start(&cluster, &double.aws_env(), &leader_args("op-a")).await?;
     cluster.apply(&scoped(
@@ -313,17 +327,7 @@ async fn killed_operators_keep_the_rollout_limits_and_halt_after_a_restart() -> 
 async fn restore_is_a_staged_rollout_that_can_halt_and_be_abandoned() -> Result<()> {
     let cluster = Cluster::start().await?;
     let double = Ec2Double::start().await;
-    let mut nodes = BTreeMap::new();
-    for i in 0..4 {
-        let id = format!("i-00000000000001{i:03x}");
-        double.add_instance(&id, v1_instance(), &[]);
-        let node = format!("r{i}");
-        cluster
-            .create_node(&node, &[("scenario", "restore")], Some(&provider_id(&id)))
-            .await?;
-        set_ready(&cluster, &node, true)?;
-        nodes.insert(id, node);
-    }
+    let nodes = fleet(&cluster, &double, 4, "00000000000001", "r", "restore").await?;
     let _operator = Operator::start(
         &cluster,
         &double.aws_env(),
@@ -404,5 +408,34 @@ async fn restore_is_a_staged_rollout_that_can_halt_and_be_abandoned() -> Result<
             "restores closer than settleSeconds: {times:?}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_does_not_hold_a_rollout_slot() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let double = Ec2Double::start().await;
+    let nodes = fleet(&cluster, &double, 3, "00000000000002", "s", "slot").await?;
+    let ids: Vec<String> = nodes.keys().cloned().collect();
+    // The first instance (by name, so the first one tried) can never take the request.
+    double.unsupported(&ids[0], imds_core::options::Field::HopLimit);
+    let _operator = Operator::start(
+        &cluster,
+        &double.aws_env(),
+        &["--leader-election=false", "--resync-period=10m"],
+    )
+    .await?;
+    cluster.apply(&scoped(
+        "one-at-a-time",
+        "slot",
+        "{httpPutResponseHopLimit: 2}",
+        "  rollout: {maxInFlight: 1, settleSeconds: 1}\n",
+    ))?;
+    let status = cluster
+        .wait_status("one-at-a-time", "the others converge", |_, s| {
+            s.compliant_nodes == 2 && s.failed_nodes == 1
+        })
+        .await?;
+    assert_eq!(condition(&status, "Stalled").1, "UnsupportedOption", "{status:?}");
     Ok(())
 }

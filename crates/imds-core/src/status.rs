@@ -616,4 +616,47 @@ mod tests {
             "Stalled stayed False"
         );
     }
+
+    #[test]
+    fn restoring_shows_progress_and_halts() {
+        let previous = InstanceMetadataPolicyStatus {
+            restored_nodes: Some(2),
+            ..Default::default()
+        };
+        let going = RestoreProgress {
+            restored: 1,
+            remaining: 4,
+            halt: None,
+            last_resume: None,
+        };
+        let s = restoring(&previous, 3, &going, at(100));
+        assert_eq!((s.restored_nodes, s.restoring_nodes), (Some(3), Some(4)));
+        let got: Vec<(&str, &str, &str)> = s
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("Ready", "False", "Restoring"),
+                ("Reconciling", "True", "Restoring"),
+                ("Stalled", "False", "NoBlockers")
+            ]
+        );
+        assert_eq!(cond(&s, "Reconciling").message, "restored 3 nodes, 4 to go");
+        let halted = RestoreProgress {
+            halt: Some(RolloutHalt {
+                node: "n1".into(),
+                instance_id: "i-1".into(),
+                since: at(90),
+                generation: 3,
+            }),
+            ..going
+        };
+        let s = restoring(&previous, 3, &halted, at(100));
+        assert_eq!(cond(&s, "Stalled").reason, "RolloutHalted");
+        assert!(cond(&s, "Stalled").message.contains("abandon-restore"), "{s:?}");
+        assert_eq!(cond(&s, "Reconciling").status, "False");
+    }
 }
