@@ -79,6 +79,19 @@ impl AwsError {
         }
     }
 
+    /// Whether EC2 may have carried out the request although it answered with this error (the
+    /// answer was lost, a retried attempt timed out, a 5xx): only an answer that rejects the
+    /// request itself says it was not applied.
+    pub fn may_have_applied(&self) -> bool {
+        !matches!(
+            self.kind,
+            AwsErrorKind::NotFound
+                | AwsErrorKind::Unsupported
+                | AwsErrorKind::PermissionDenied
+                | AwsErrorKind::DryRunOk
+        )
+    }
+
     /// Whether the caller was throttled.
     pub fn is_throttling(&self) -> bool {
         is_throttling(&self.code)

@@ -19,7 +19,7 @@ use imds_core::options::{ApplyState, FullOptions, ObservedOptions};
 use imds_core::plan::NodePlan;
 use imds_core::plan::guards::GuardWarning;
 use imds_core::reason::Reason;
-use imds_core::record::{self, ChangeRecord, ChangeState, InstanceRecord};
+use imds_core::record::{self, Answer, ChangeRecord, ChangeState, InstanceRecord};
 use imds_core::selection;
 use imds_core::status::Progress;
 use k8s_openapi::jiff::Timestamp;
@@ -103,7 +103,12 @@ pub async fn apply(
     applied.failures.extend(unrecorded);
     let mut settled = Vec::new();
     for (claim, result) in send(ctx, claimed).await {
-        settled.push(settle(&claim, &result));
+        settled.push((
+            claim.instance_id.clone(),
+            claim.before.clone(),
+            claim.record.clone(),
+            answer_of(&result),
+        ));
         match result {
             Ok(answer) => {
                 applied.progress.modified += 1;
@@ -117,8 +122,16 @@ pub async fn apply(
         }
     }
     // Best effort: a failed write leaves the requests `Sent`, which holds their slots until a
-    // describe settles them.
-    ctx.records.put(settled).await;
+    // describe settles them. The claims are held until then, so no other request interleaves.
+    let ids: Vec<String> = settled.iter().map(|(id, ..)| id.clone()).collect();
+    let answers: HashMap<&str, _> = settled.iter().map(|(id, b, w, a)| (id.as_str(), (b, w, *a))).collect();
+    ctx.records
+        .update(&ids, |id, stored| {
+            let (before, written, answer) = answers.get(id)?;
+            Some(record::after_answer(stored, before, written, *answer))
+        })
+        .await;
+    release(ctx, ids.iter().map(String::as_str)).await;
     applied
 }
 
@@ -283,27 +296,13 @@ async fn send(ctx: &Context, claimed: Vec<Claimed>) -> Vec<(Claimed, Result<Obse
         .await
 }
 
-/// Whether EC2 may have applied a request whose answer did not arrive.
-fn answer_lost(err: &AwsError) -> bool {
-    matches!(err.code.as_str(), "Timeout" | "ResponseError" | "DispatchFailure")
-}
-
-/// The record after EC2's answer: accepted (settling from now), unchanged while the answer is
-/// lost (in flight until a describe shows what happened), or as before when EC2 refused.
-fn settle(claim: &Claimed, result: &Result<ObservedOptions, AwsError>) -> (String, InstanceRecord) {
-    let record = match result {
-        Ok(_) => {
-            let mut record = claim.record.clone();
-            if let Some(change) = record.change.as_mut() {
-                change.state = ChangeState::Accepted;
-                change.at = Timestamp::now();
-            }
-            record
-        }
-        Err(err) if answer_lost(err) => claim.record.clone(),
-        Err(_) => claim.before.clone(),
-    };
-    (claim.instance_id.clone(), record)
+/// What EC2's answer says of the request.
+fn answer_of(result: &Result<ObservedOptions, AwsError>) -> Answer {
+    match result {
+        Ok(_) => Answer::Accepted(Timestamp::now()),
+        Err(err) if err.may_have_applied() => Answer::MaybeApplied,
+        Err(_) => Answer::Refused,
+    }
 }
 
 /// Records an accepted request in the cache and reports it.
@@ -319,7 +318,6 @@ async fn record_modified(ctx: &Context, policy: &InstanceMetadataPolicy, claim: 
     let pending = answer.state == ApplyState::Pending;
     {
         let mut cache = ctx.cache.lock().await;
-        cache.release(&id);
         let tag_keys = cache.tag_keys(&id).map(<[String]>::to_vec).unwrap_or_default();
         cache.observe(&id, Observation::Found(answer), tag_keys, tokio::time::Instant::now());
     }
@@ -357,7 +355,6 @@ async fn record_failed(
     let id = &claim.instance_id;
     {
         let mut cache = ctx.cache.lock().await;
-        cache.release(id);
         match err.kind {
             AwsErrorKind::NotFound => {
                 cache.observe(id, Observation::NotFound, Vec::new(), tokio::time::Instant::now());

@@ -119,6 +119,11 @@ impl InstanceCache {
         self.in_flight.insert(id.to_string())
     }
 
+    /// Whether a request to the instance is being sent by this process.
+    pub fn is_claimed(&self, id: &str) -> bool {
+        self.in_flight.contains(id)
+    }
+
     /// Releases a claim.
     pub fn release(&mut self, id: &str) {
         self.in_flight.remove(id);

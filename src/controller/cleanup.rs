@@ -27,7 +27,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// How soon to look again while a restore waits for its rollout.
@@ -56,9 +57,8 @@ pub async fn cleanup(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<A
 struct Candidate {
     node: String,
     instance_id: String,
-    current: FullOptions,
-    record: InstanceRecord,
-    outcome: RestoreOutcome,
+    /// The decisions of the policies still selecting the node.
+    remaining: selection::Decisions,
 }
 
 /// What looking at the instances found.
@@ -106,7 +106,7 @@ async fn restore(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<usize
     };
     // The last pass writes no status: the finalizer patch that follows carries the
     // resourceVersion this reconcile read.
-    if remaining > 0 || progress.halt.is_some() {
+    if remaining > 0 {
         write_progress(ctx, policy, &progress).await?;
     }
     errors.extend(survey.waiting);
@@ -136,6 +136,7 @@ async fn restore(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<usize
 /// Decides, per selected instance, what restoring it takes.
 async fn survey(ctx: &Context, policy: &InstanceMetadataPolicy, observed: &Observed) -> Survey {
     let deleted = policy.name_any();
+    let live = live_policies(ctx);
     let mut stored = ctx.records.get_many(&observed.instance_ids).await;
     let observations = ctx.cache.lock().await.observations(&observed.instance_ids);
     let mut survey = Survey::default();
@@ -173,14 +174,12 @@ async fn survey(ctx: &Context, policy: &InstanceMetadataPolicy, observed: &Obser
             Some(Observation::NotFound) | None => continue,
         };
         let remaining = remaining_decisions(observed, node);
-        let outcome = record::restore(&record, &current, &deleted, &remaining);
+        let outcome = record::restore(&record, &current, &deleted, &remaining, |p| live.contains(p));
         match outcome.request {
             Some(_) => survey.to_send.push(Candidate {
                 node: node.name.clone(),
                 instance_id: id,
-                current,
-                record,
-                outcome,
+                remaining,
             }),
             None => survey.hand_overs.push((id, current, remaining)),
         }
@@ -191,6 +190,7 @@ async fn survey(ctx: &Context, policy: &InstanceMetadataPolicy, observed: &Obser
 /// Writes the record changes that need no request, recomputed on the stored records in one
 /// atomic step (a request of another policy may have changed a record since the survey).
 async fn write_hand_overs(ctx: &Context, deleted: &str, survey: &mut Survey) {
+    let live = live_policies(ctx);
     let hand_overs = std::mem::take(&mut survey.hand_overs);
     if hand_overs.is_empty() {
         return;
@@ -202,7 +202,7 @@ async fn write_hand_overs(ctx: &Context, deleted: &str, survey: &mut Survey) {
         .records
         .update(&ids, |id, current| {
             let (options, remaining) = inputs.get(id)?;
-            let outcome = record::restore(current, options, deleted, remaining);
+            let outcome = record::restore(current, options, deleted, remaining, |p| live.contains(p));
             outcome.request.is_none().then_some(outcome.record)
         })
         .await;
@@ -229,95 +229,140 @@ async fn restores_in_flight(ctx: &Context, policy: &InstanceMetadataPolicy, obse
         .count()
 }
 
-/// Writes the request ahead, sends it, and records the outcome; why not, when it failed.
+/// Claims the instance and restores it; why not, when it failed.
 async fn send_restore(
     ctx: &Context,
     policy: &InstanceMetadataPolicy,
     observed: &Observed,
     candidate: Candidate,
 ) -> Result<(), String> {
-    let Candidate {
-        node,
-        instance_id: id,
-        current,
-        record,
-        outcome,
-    } = candidate;
-    let Some(request) = outcome.request else { return Ok(()) };
+    let id = candidate.instance_id.clone();
     if !ctx.cache.lock().await.claim(&id) {
         return Err(format!("{id}: another change is in flight"));
     }
-    let result = send_recorded(ctx, policy, observed, &node, &id, &record, &request).await;
+    // The claim is held until the last write, so no other request interleaves.
+    let result = restore_claimed(ctx, policy, observed, &candidate).await;
     ctx.cache.lock().await.release(&id);
-    let answer = match result {
-        Ok(answer) => answer,
-        Err(SendError::NotRecorded(why)) => return Err(format!("{id}: {why}")),
-        Err(SendError::Ec2(e)) if e.kind == AwsErrorKind::NotFound => {
-            ctx.records.put(vec![(id, InstanceRecord::default())]).await;
-            return Ok(());
-        }
-        // EC2 will never take these options (e.g. the account now enforces IMDSv2): retrying
-        // cannot succeed, so report it and let the record go.
-        Err(SendError::Ec2(e)) if e.kind == AwsErrorKind::Unsupported => {
-            let note = format!("node {node} ({id}): cannot restore {request}: {e}");
-            publish(
-                ctx,
-                policy,
-                PolicyEvent::warning(Some(&node), Reason::RestoreRefused, "Restore", note),
-            )
-            .await;
-            ctx.records.put(vec![(id, outcome.record)]).await;
-            return Ok(());
-        }
-        Err(SendError::Ec2(e)) => {
-            ctx.records.put(vec![(id.clone(), record)]).await;
-            return Err(format!("{id}: {e}"));
-        }
-    };
-    {
-        let mut cache = ctx.cache.lock().await;
-        let tag_keys = cache.tag_keys(&id).map(<[String]>::to_vec).unwrap_or_default();
-        cache.observe(&id, Observation::Found(answer), tag_keys, tokio::time::Instant::now());
-    }
-    let mut done = outcome.record;
-    done.change = Some(change(policy, observed, &node, &request, ChangeState::Accepted));
-    ctx.records.put(vec![(id.clone(), done)]).await;
-    let restored: Vec<&str> = outcome.restored.iter().map(|f| f.name()).collect();
-    let note = format!(
-        "node {node} ({id}): restored {} (was {current}); sent {request}",
-        restored.join(", ")
-    );
-    let event = PolicyEvent::normal(Some(&node), Reason::Restored, "ModifyInstanceMetadataOptions", note);
-    publish(ctx, policy, event).await;
-    Ok(())
+    result
 }
 
-enum SendError {
-    NotRecorded(String),
-    Ec2(crate::aws::AwsError),
-}
-
-/// Records the restore request as `Sent` (the option entries stay until it is accepted), then
-/// sends it.
-async fn send_recorded(
+/// Under the claim: the instance's options as known now, the request computed on the stored
+/// record and written ahead as `Sent` in one atomic step, the request, and its outcome.
+async fn restore_claimed(
     ctx: &Context,
     policy: &InstanceMetadataPolicy,
     observed: &Observed,
-    node: &str,
-    id: &str,
-    record: &InstanceRecord,
-    request: &FullOptions,
-) -> Result<imds_core::options::ObservedOptions, SendError> {
-    let mut ahead = record.clone();
-    ahead.change = Some(change(policy, observed, node, request, ChangeState::Sent));
-    let written = ctx.records.put(vec![(id.to_string(), ahead)]).await;
-    if !written.ids.contains(id) {
-        let why = written.error.unwrap_or_default();
-        return Err(SendError::NotRecorded(format!(
-            "the record could not be written: {why}"
-        )));
+    candidate: &Candidate,
+) -> Result<(), String> {
+    let (node, id) = (candidate.node.as_str(), candidate.instance_id.as_str());
+    let current = match ctx.cache.lock().await.observations([&id.to_string()]).remove(id) {
+        Some(Observation::Found(o)) if o.state == ApplyState::Pending => {
+            return Err(format!("{id}: a change is pending; restoring after it applied"));
+        }
+        Some(Observation::Found(o)) => FullOptions::completed(&o.values),
+        _ => return Ok(()),
+    };
+    let Some((outcome, request)) = write_restore_ahead(ctx, policy, observed, candidate, &current).await? else {
+        return Ok(()); // nothing to send now; the next pass hands the record over
+    };
+    match ctx.clients.ec2.modify(id, &request, false).await {
+        Ok(answer) => {
+            {
+                let mut cache = ctx.cache.lock().await;
+                let tag_keys = cache.tag_keys(id).map(<[String]>::to_vec).unwrap_or_default();
+                cache.observe(id, Observation::Found(answer), tag_keys, tokio::time::Instant::now());
+            }
+            // Recomputed on the stored record: another deletion may have handed entries over.
+            let (deleted, live) = (policy.name_any(), live_policies(ctx));
+            let accepted = change(policy, observed, node, &request, ChangeState::Accepted);
+            ctx.records
+                .update(&[id.to_string()], |_, stored| {
+                    let mut done =
+                        record::restore(stored, &current, &deleted, &candidate.remaining, |p| live.contains(p)).record;
+                    done.change = Some(accepted.clone());
+                    Some(done)
+                })
+                .await;
+            let restored: Vec<&str> = outcome.restored.iter().map(|f| f.name()).collect();
+            let note = format!(
+                "node {node} ({id}): restored {} (was {current}); sent {request}",
+                restored.join(", ")
+            );
+            let event = PolicyEvent::normal(Some(node), Reason::Restored, "ModifyInstanceMetadataOptions", note);
+            publish(ctx, policy, event).await;
+            Ok(())
+        }
+        Err(e) if e.kind == AwsErrorKind::NotFound => {
+            ctx.records.put(vec![(id.to_string(), InstanceRecord::default())]).await;
+            Ok(())
+        }
+        // EC2 will never take these options (e.g. the account now enforces IMDSv2): retrying
+        // cannot succeed, so report it and let the record go.
+        Err(e) if e.kind == AwsErrorKind::Unsupported => {
+            let note = format!("node {node} ({id}): cannot restore {request}: {e}");
+            let event = PolicyEvent::warning(Some(node), Reason::RestoreRefused, "Restore", note);
+            publish(ctx, policy, event).await;
+            ctx.records.put(vec![(id.to_string(), outcome.record)]).await;
+            Ok(())
+        }
+        Err(e) => {
+            if !e.may_have_applied() {
+                // Refused: the request holds no slot; the entries stay for the next try.
+                ctx.records
+                    .update(&[id.to_string()], |_, stored| {
+                        Some(InstanceRecord {
+                            change: None,
+                            ..stored.clone()
+                        })
+                    })
+                    .await;
+            }
+            Err(format!("{id}: {e}"))
+        }
     }
-    ctx.clients.ec2.modify(id, request, false).await.map_err(SendError::Ec2)
+}
+
+/// Computes the restore request on the stored record and writes it ahead as `Sent`, in one
+/// atomic step; `None` when nothing needs sending any more.
+async fn write_restore_ahead(
+    ctx: &Context,
+    policy: &InstanceMetadataPolicy,
+    observed: &Observed,
+    candidate: &Candidate,
+    current: &FullOptions,
+) -> Result<Option<(RestoreOutcome, FullOptions)>, String> {
+    let (node, id) = (candidate.node.as_str(), candidate.instance_id.as_str());
+    let deleted = policy.name_any();
+    let live = live_policies(ctx);
+    let planned: Mutex<Option<RestoreOutcome>> = Mutex::default();
+    let written = ctx
+        .records
+        .update(&[id.to_string()], |_, stored| {
+            let outcome = record::restore(stored, current, &deleted, &candidate.remaining, |p| live.contains(p));
+            let request = outcome.request?;
+            let mut ahead = stored.clone();
+            ahead.change = Some(change(policy, observed, node, &request, ChangeState::Sent));
+            if let Ok(mut planned) = planned.lock() {
+                *planned = Some(outcome);
+            }
+            Some(ahead)
+        })
+        .await;
+    let Some(outcome) = planned.into_inner().unwrap_or_default() else {
+        return Ok(None);
+    };
+    match outcome.request.filter(|_| written.ids.contains(id)) {
+        Some(request) => Ok(Some((outcome, request))),
+        None => Err(format!(
+            "{id}: the record could not be written: {}",
+            written.error.unwrap_or_default()
+        )),
+    }
+}
+
+/// Every policy that exists, those being deleted included.
+fn live_policies(ctx: &Context) -> HashSet<String> {
+    ctx.stores.policies.state().iter().map(|p| p.name_any()).collect()
 }
 
 fn change(

@@ -121,11 +121,15 @@ pub async fn refresh(ctx: &Context, instance_ids: &[String], all: bool) -> Vec<S
             cache.observe_described(&id, d, issued);
         }
     }
-    let unanswered: Vec<String> = shown
-        .keys()
-        .filter(|id| records.get(*id).is_some_and(has_sent))
-        .cloned()
-        .collect();
+    // Requests this process is still sending (their instance is claimed) are not settled here.
+    let unanswered: Vec<String> = {
+        let cache = ctx.cache.lock().await;
+        shown
+            .keys()
+            .filter(|id| records.get(*id).is_some_and(has_sent) && !cache.is_claimed(id))
+            .cloned()
+            .collect()
+    };
     if !unanswered.is_empty() {
         ctx.records
             .update(&unanswered, |id, record| {

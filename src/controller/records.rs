@@ -120,60 +120,73 @@ impl RecordStore {
         let mut shards = self.shards.lock().await;
         let mut written = Written::default();
         for (index, updates) in by_shard {
-            match self.write_shard(&mut shards[index], index, &updates).await {
-                Ok(()) => written.ids.extend(updates.into_iter().map(|(id, _)| id)),
-                Err(e) => {
-                    tracing::warn!(shard = %shard_name(&self.prefix, index), error = %e, "could not write records");
-                    written.error = Some(format!("writing {}: {e}", shard_name(&self.prefix, index)));
-                }
-            }
+            let result = self.write_shard(&mut shards[index], index, &|_| updates.clone()).await;
+            self.note(&mut written, index, result);
         }
         written
     }
 
     /// Changes the records of `ids` atomically with respect to every other read and write of
     /// the store: `change` sees the current valid record and answers the new one (`None`: leave
-    /// it). Invalid records are left alone.
+    /// it). Invalid records are left alone. When another writer changed a shard meanwhile,
+    /// `change` runs again on what it wrote.
     pub async fn update(
         &self,
         ids: &[String],
-        change: impl Fn(&str, &InstanceRecord) -> Option<InstanceRecord>,
+        change: impl Fn(&str, &InstanceRecord) -> Option<InstanceRecord> + Sync,
     ) -> Written {
-        let mut shards = self.shards.lock().await;
-        let mut by_shard: BTreeMap<usize, Vec<(String, InstanceRecord)>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<usize, Vec<&String>> = BTreeMap::new();
         for id in ids {
-            let index = shard_of(id);
-            let current = match shards[index].entries.get(id) {
-                Some(text) => match InstanceRecord::parse(id, text) {
-                    Ok(record) => record,
-                    Err(_) => continue,
-                },
-                None => InstanceRecord::default(),
-            };
-            if let Some(next) = change(id, &current).filter(|next| *next != current) {
-                by_shard.entry(index).or_default().push((id.clone(), next));
-            }
+            by_shard.entry(shard_of(id)).or_default().push(id);
         }
+        let mut shards = self.shards.lock().await;
         let mut written = Written::default();
-        for (index, updates) in by_shard {
-            match self.write_shard(&mut shards[index], index, &updates).await {
-                Ok(()) => written.ids.extend(updates.into_iter().map(|(id, _)| id)),
-                Err(e) => written.error = Some(format!("writing {}: {e}", shard_name(&self.prefix, index))),
-            }
+        for (index, ids) in by_shard {
+            let compute = |shard: &Shard| -> Vec<(String, InstanceRecord)> {
+                ids.iter()
+                    .filter_map(|id| {
+                        let current = match shard.entries.get(*id) {
+                            Some(text) => InstanceRecord::parse(id, text).ok()?,
+                            None => InstanceRecord::default(),
+                        };
+                        let next = change(id, &current).filter(|next| *next != current)?;
+                        Some(((*id).clone(), next))
+                    })
+                    .collect()
+            };
+            let result = self.write_shard(&mut shards[index], index, &compute).await;
+            self.note(&mut written, index, result);
         }
         written
     }
 
+    fn note(&self, written: &mut Written, index: usize, result: Result<Vec<String>, kube::Error>) {
+        match result {
+            Ok(ids) => written.ids.extend(ids),
+            Err(e) => {
+                let name = shard_name(&self.prefix, index);
+                tracing::warn!(shard = %name, error = %e, "could not write records");
+                written.error = Some(format!("writing {name}: {e}"));
+            }
+        }
+    }
+
+    /// Writes what `compute` makes of the shard; on a conflict (another writer) or a vanished
+    /// ConfigMap the shard is read again and `compute` runs again on it. The instances written.
     async fn write_shard(
         &self,
         shard: &mut Shard,
         index: usize,
-        updates: &[(String, InstanceRecord)],
-    ) -> Result<(), kube::Error> {
+        compute: &(dyn Fn(&Shard) -> Vec<(String, InstanceRecord)> + Sync),
+    ) -> Result<Vec<String>, kube::Error> {
         let name = shard_name(&self.prefix, index);
         for attempt in 0..CONFLICT_RETRIES {
+            let updates = compute(shard);
+            if updates.is_empty() {
+                return Ok(Vec::new());
+            }
             let mut next = shard.clone();
-            for (id, record) in updates {
+            for (id, record) in &updates {
                 if record.is_empty() {
                     next.entries.remove(id);
                 } else {
@@ -184,10 +197,10 @@ impl RecordStore {
                 Ok(resource_version) => {
                     next.resource_version = resource_version;
                     *shard = next;
-                    return Ok(());
+                    return Ok(updates.into_iter().map(|(id, _)| id).collect());
                 }
-                Err(kube::Error::Api(e)) if e.code == 409 && attempt + 1 < CONFLICT_RETRIES => {
-                    tracing::warn!(shard = %name, "records changed by another writer; re-reading");
+                Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409) && attempt + 1 < CONFLICT_RETRIES => {
+                    tracing::warn!(shard = %name, code = e.code, "records changed by another writer; re-reading");
                     *shard = read_shard(&self.api, &name).await?;
                 }
                 Err(e) => return Err(e),

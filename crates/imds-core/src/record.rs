@@ -191,7 +191,15 @@ pub struct RestoreOutcome {
 
 /// Restores the options `deleted` decided and the operator changed, where no remaining policy
 /// enforces them (`remaining` are the decisions of the policies still selecting the node).
-pub fn restore(record: &InstanceRecord, current: &FullOptions, deleted: &str, remaining: &Decisions) -> RestoreOutcome {
+/// `live` tells which policies exist: an option a policy deleted with `Retain` also decided
+/// keeps its value (its changes are the baseline now) and the entry goes.
+pub fn restore(
+    record: &InstanceRecord,
+    current: &FullOptions,
+    deleted: &str,
+    remaining: &Decisions,
+    live: impl Fn(&str) -> bool,
+) -> RestoreOutcome {
     let mut next = record.clone();
     let mut target = *current;
     let mut restored = Vec::new();
@@ -205,11 +213,15 @@ pub fn restore(record: &InstanceRecord, current: &FullOptions, deleted: &str, re
             Some(FieldDecision::Conflict { claims }) => Some(claims.iter().map(|(p, _)| p.clone()).collect()),
             _ => successors.get(&field).cloned(),
         };
+        let retained_by_another = entry.by.iter().any(|p| p != deleted && !live(p));
         match kept_by {
             Some(by) => {
                 if let Some(e) = next.options.get_mut(name) {
                     e.by = by;
                 }
+            }
+            None if retained_by_another => {
+                next.options.remove(name);
             }
             None => {
                 if let Some(original) = record.original(field) {
@@ -227,9 +239,62 @@ pub fn restore(record: &InstanceRecord, current: &FullOptions, deleted: &str, re
     }
 }
 
+/// What EC2 answered to a request written ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Accepted, at this time.
+    Accepted(Timestamp),
+    /// An error that does not say the request was not applied (a lost answer, a 5xx).
+    MaybeApplied,
+    /// Refused: not applied.
+    Refused,
+}
+
+/// The record after `answer`: `stored` is the record now (others may have handed entries over
+/// since), `written` what was written ahead over `before`. Accepted: the request settles from
+/// now. Maybe applied: unchanged (in flight until a describe says). Refused: what the write-ahead
+/// changed goes back, and the request holds no slot.
+pub fn after_answer(
+    stored: &InstanceRecord,
+    before: &InstanceRecord,
+    written: &InstanceRecord,
+    answer: Answer,
+) -> InstanceRecord {
+    let mut next = stored.clone();
+    match answer {
+        Answer::MaybeApplied => {}
+        Answer::Accepted(at) => {
+            next.change = written.change.clone().map(|c| ChangeRecord {
+                state: ChangeState::Accepted,
+                at,
+                ..c
+            });
+        }
+        Answer::Refused => {
+            for (name, entry) in &written.options {
+                if before.options.get(name) == Some(entry) {
+                    continue;
+                }
+                match before.options.get(name) {
+                    Some(old) => next.options.insert(name.clone(), old.clone()),
+                    None => next.options.remove(name),
+                };
+            }
+            if stored.change == written.change {
+                next.change = before.change.clone();
+            }
+        }
+    }
+    next
+}
+
+/// How long after a request a describe must be issued to show that the request did not take:
+/// EC2's reads are eventually consistent, and the request may still be on its way.
+pub const SETTLE_MARGIN: Duration = Duration::from_secs(5);
+
 /// After a describe issued at `issued`: a request still `Sent` is settled — `Accepted` when the
-/// instance shows it (or a pending change), dropped when a describe issued after it shows
-/// otherwise (the request did not take; it holds no rollout slot).
+/// instance shows it (or a pending change), dropped when a describe issued more than
+/// [`SETTLE_MARGIN`] after it shows otherwise (the request did not take; it holds no slot).
 pub fn settle_sent(change: &ChangeRecord, observed: &ObservedOptions, issued: Timestamp) -> Option<ChangeRecord> {
     if change.state != ChangeState::Sent {
         return Some(change.clone());
@@ -242,13 +307,14 @@ pub fn settle_sent(change: &ChangeRecord, observed: &ObservedOptions, issued: Ti
             ..change.clone()
         });
     }
-    (issued <= change.at).then(|| change.clone())
+    let settled_after = age(change.at, issued) > SETTLE_MARGIN;
+    (!settled_after).then(|| change.clone())
 }
 
 /// How long ago `at` was, at `now` (zero for a time in the future: clocks of replicas differ).
 pub fn age(at: Timestamp, now: Timestamp) -> Duration {
-    let nanos = now.as_nanosecond().saturating_sub(at.as_nanosecond());
-    Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
+    let nanos = now.as_nanosecond().saturating_sub(at.as_nanosecond()).max(0);
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 /// Whether the change still counts toward `maxInFlight`: not answered yet, or accepted less

@@ -169,8 +169,16 @@ fn restore_puts_back_only_what_the_deleted_policy_changed() {
             ]),
         },
         Case {
-            name: "co-owner deleted with the other owner gone: restored",
-            record: record(&[("httpPutResponseHopLimit", entry("1", &["b", "gone"]))]),
+            name: "a co-owner deleted with Retain keeps the value: entry dropped, nothing sent",
+            record: record(&[("httpTokens", entry("optional", &["b", "gone"]))]),
+            current: v2(2),
+            remaining: vec![],
+            want_request: None,
+            want_record: InstanceRecord::default(),
+        },
+        Case {
+            name: "a co-owner still being deleted (live) does not keep it",
+            record: record(&[("httpPutResponseHopLimit", entry("1", &["b", "x"]))]),
             current: v2(2),
             remaining: vec![],
             want_request: Some(v2(1)),
@@ -194,7 +202,7 @@ fn restore_puts_back_only_what_the_deleted_policy_changed() {
         },
     ];
     for c in cases {
-        let got = restore(&c.record, &c.current, "b", &decisions(&c.remaining));
+        let got = restore(&c.record, &c.current, "b", &decisions(&c.remaining), |p| p != "gone");
         assert_eq!(got.request, c.want_request, "{}: request", c.name);
         assert_eq!(got.record, c.want_record, "{}: record", c.name);
     }
@@ -205,13 +213,14 @@ fn two_restore_policies_on_one_option() {
     // A (priority 10, hop 2) changed the hop limit from 1; B (hop 3) remains when A goes.
     let b = policy("b", 0, PolicyMode::Enforce, hop(3));
     let first = record(&[("httpPutResponseHopLimit", entry("1", &["a"]))]);
-    let after_a = restore(&first, &v2(2), "a", &decisions(std::slice::from_ref(&b)));
+    let live = |p: &str| p == "a" || p == "b";
+    let after_a = restore(&first, &v2(2), "a", &decisions(std::slice::from_ref(&b)), live);
     assert_eq!(after_a.request, None, "B still decides the hop limit");
     // B enforces 3: its change keeps the original of 1.
     let deciders = deciders(&decisions(std::slice::from_ref(&b)));
     let changed = before_change(&after_a.record, &v2(2), &v2(3), &deciders, "b", |p| p == "b");
     assert_eq!(changed, record(&[("httpPutResponseHopLimit", entry("1", &["b"]))]));
-    let after_b = restore(&changed, &v2(3), "b", &decisions(&[]));
+    let after_b = restore(&changed, &v2(3), "b", &decisions(&[]), live);
     assert_eq!(
         after_b.request,
         Some(v2(1)),
@@ -301,8 +310,15 @@ fn sent_requests_are_settled_by_describes() {
             "a later describe shows otherwise: dropped",
             &sent,
             observed(DEFAULTS, ApplyState::Applied),
-            t(101),
+            t(106),
             None,
+        ),
+        (
+            "within the margin: kept",
+            &sent,
+            observed(DEFAULTS, ApplyState::Applied),
+            t(104),
+            Some(sent.clone()),
         ),
         (
             "an earlier describe says nothing",
@@ -358,6 +374,11 @@ fn in_flight_until_answered_and_settled() {
         assert_eq!(in_flight(&change, now, settle), want, "{name}");
     }
     assert_eq!(age(t(200), t(100)), Duration::ZERO);
+    let ancient = Timestamp::MIN;
+    assert!(
+        age(ancient, Timestamp::MAX) > Duration::from_secs(1 << 33),
+        "no overflow to zero"
+    );
 }
 
 fn any_options() -> impl Strategy<Value = FullOptions> {
@@ -426,7 +447,7 @@ proptest! {
             .enumerate()
             .map(|(i, mut p)| { p.name = format!("remaining-{i}"); p })
             .collect();
-        let outcome = restore(&record, &current, deleted, &decide(remaining.iter()));
+        let outcome = restore(&record, &current, deleted, &decide(remaining.iter()), |p| p != "c");
         let request = outcome.request.unwrap_or(current);
         for field in Field::ALL {
             if request.get(field) == current.get(field) {
@@ -441,4 +462,28 @@ proptest! {
             prop_assert!(!entry.by.contains(deleted), "{name} still attributed to the deleted policy");
         }
     }
+}
+
+#[test]
+fn answers_settle_the_written_record() {
+    let t = |s| Timestamp::from_second(s).expect("valid");
+    let before = record(&[("httpTokens", entry("optional", &["a"]))]);
+    let mut written = record(&[
+        ("httpTokens", entry("optional", &["a", "b"])),
+        ("httpPutResponseHopLimit", entry("1", &["b"])),
+    ]);
+    written.change = Some(change(ChangeState::Sent, 100, v2(2)));
+    // Meanwhile another policy's deletion handed httpTokens over to c.
+    let mut stored = written.clone();
+    stored.options.insert("httpTokens".into(), entry("optional", &["c"]));
+
+    let accepted = after_answer(&stored, &before, &written, Answer::Accepted(t(105)));
+    assert_eq!(accepted.options, stored.options, "entries as stored");
+    let c = accepted.change.expect("a change");
+    assert_eq!((c.state, c.at), (ChangeState::Accepted, t(105)));
+
+    assert_eq!(after_answer(&stored, &before, &written, Answer::MaybeApplied), stored);
+
+    let refused = after_answer(&written, &before, &written, Answer::Refused);
+    assert_eq!(refused, before, "a refused request leaves the record as it was");
 }
