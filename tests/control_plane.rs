@@ -98,10 +98,19 @@ async fn control_plane_serves_the_api_with_rbac() -> Result<()> {
             },
         )
         .await?;
-    ns_client("rbac-check")
-        .list(&ListParams::default())
-        .await
-        .context("listing configmaps after the RoleBinding")?;
+    // The authorizer sees a new RoleBinding a moment after it is created: retry, bounded.
+    let mut attempts = 0;
+    loop {
+        match ns_client("rbac-check").list(&ListParams::default()).await {
+            Ok(_) => break,
+            Err(e) if attempts < 50 => {
+                attempts += 1;
+                eprintln!("not allowed yet ({e}); retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e).context("listing configmaps after the RoleBinding"),
+        }
+    }
     assert!(ns_client("default").list(&ListParams::default()).await.is_err());
     // kubectl with the service-account kubeconfig agrees.
     let out = std::process::Command::new(cp.bin_dir().join("kubectl"))
