@@ -19,8 +19,8 @@ use tokio::sync::watch;
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
     /// How often every policy is re-checked against EC2 even when nothing changed in the
-    /// cluster; catches changes made outside it (console, CLI, launch templates).
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "IMDS_OPERATOR_RESYNC_PERIOD")]
+    /// cluster; catches changes made outside it (console, CLI, launch templates). At least 1s.
+    #[arg(long, default_value = "5m", value_parser = resync_period, env = "IMDS_OPERATOR_RESYNC_PERIOD")]
     pub resync_period: Duration,
     /// Policies reconciled at the same time.
     #[arg(long, default_value_t = 4)]
@@ -286,6 +286,21 @@ async fn run_controller(
     }
 }
 
+/// The shortest resync period: a shorter one would requeue every policy in a hot loop.
+const MIN_RESYNC: Duration = Duration::from_secs(1);
+
+/// Parses `--resync-period`: a duration of at least [`MIN_RESYNC`].
+fn resync_period(text: &str) -> Result<Duration, String> {
+    let period = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if period < MIN_RESYNC {
+        return Err(format!(
+            "{text} is shorter than {}",
+            humantime::format_duration(MIN_RESYNC)
+        ));
+    }
+    Ok(period)
+}
+
 /// kube's client needs rustls' process-wide provider chosen, because both ring and aws-lc-rs
 /// are linked (the AWS SDK brings the latter). Idempotent.
 pub fn install_crypto_provider() {
@@ -317,4 +332,18 @@ async fn wait_for_signal() {
 fn random_identity() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "imds-operator".to_string());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resync_periods() {
+        assert_eq!(resync_period("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(resync_period("1s"), Ok(Duration::from_secs(1)));
+        for bad in ["0s", "0", "500ms", "soon", ""] {
+            assert!(resync_period(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -14,6 +14,8 @@ pub enum ErrorCategory {
     CacheNotReady,
     /// Restoring instances before a deletion is not finished.
     RestoreIncomplete,
+    /// The reconcile panicked (a bug): contained, reported as this policy's error.
+    Panic,
 }
 
 impl ErrorCategory {
@@ -24,6 +26,7 @@ impl ErrorCategory {
             ErrorCategory::KubeApi => "kube_api",
             ErrorCategory::CacheNotReady => "cache_not_ready",
             ErrorCategory::RestoreIncomplete => "restore_incomplete",
+            ErrorCategory::Panic => "panic",
         }
     }
 }
@@ -56,6 +59,9 @@ pub enum ReconcileError {
         /// Instances left.
         remaining: usize,
     },
+    /// The reconcile panicked; the process and the other policies go on.
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 impl ReconcileError {
@@ -66,6 +72,26 @@ impl ReconcileError {
             ReconcileError::Kube { .. } => ErrorCategory::KubeApi,
             ReconcileError::NodeStoreNotReady => ErrorCategory::CacheNotReady,
             ReconcileError::RestoreIncomplete { .. } => ErrorCategory::RestoreIncomplete,
+            ReconcileError::Panicked(_) => ErrorCategory::Panic,
+        }
+    }
+}
+
+/// Runs a reconcile, turning a panic into [`ReconcileError::Panicked`] so that one policy's bug
+/// never takes the process (and every other policy) down.
+pub async fn contained<T>(
+    reconcile: impl std::future::Future<Output = Result<T, ReconcileError>>,
+) -> Result<T, ReconcileError> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(reconcile).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_string());
+            Err(ReconcileError::Panicked(message))
         }
     }
 }
@@ -85,6 +111,7 @@ mod tests {
                 "invalid_policy",
             ),
             (ReconcileError::NodeStoreNotReady, "cache_not_ready"),
+            (ReconcileError::Panicked("boom".into()), "panic"),
             (
                 ReconcileError::RestoreIncomplete {
                     policy: "p".into(),
@@ -95,6 +122,23 @@ mod tests {
         ];
         for (error, want) in cases {
             assert_eq!(error.category().as_str(), want, "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn panics_are_contained() {
+        let ok = contained(async { Ok::<u8, ReconcileError>(7) }).await;
+        assert!(matches!(ok, Ok(7)));
+        let err = contained(async {
+            if std::hint::black_box(true) {
+                panic!("index out of bounds");
+            }
+            Ok::<u8, ReconcileError>(0)
+        })
+        .await;
+        match err {
+            Err(ReconcileError::Panicked(message)) => assert_eq!(message, "index out of bounds"),
+            other => panic!("not contained: {other:?}"),
         }
     }
 }

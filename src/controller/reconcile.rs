@@ -4,7 +4,7 @@
 use super::apply::apply;
 use super::cleanup::cleanup;
 use super::context::Context;
-use super::error::ReconcileError;
+use super::error::{ReconcileError, contained};
 use super::events::{PolicyEvent, publish, publish_conflicts, publish_halt};
 use super::observe::{self, Observed};
 use super::policy_writes::{patch_status, record_gauges, sync_finalizer};
@@ -27,9 +27,9 @@ use std::sync::Arc;
 pub async fn reconcile(policy: Arc<InstanceMetadataPolicy>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let started = std::time::Instant::now();
     let result = if policy.meta().deletion_timestamp.is_some() {
-        cleanup(&policy, &ctx).await
+        contained(cleanup(&policy, &ctx)).await
     } else {
-        reconcile_live(&policy, &ctx).await
+        contained(reconcile_live(&policy, &ctx)).await
     };
     let category = result.as_ref().err().map(|e| e.category().as_str());
     ctx.metrics.reconciled(category, started.elapsed());
