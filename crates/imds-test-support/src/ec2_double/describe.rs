@@ -77,14 +77,7 @@ pub(super) fn describe_instances(shared: &mut Shared, params: &BTreeMap<String, 
     if let Some(bad) = ids.iter().find(|id| !well_formed_instance_id(id)) {
         return Err(ApiError::malformed(bad));
     }
-    let missing: Vec<&str> = ids
-        .iter()
-        .filter(|id| !shared.instances.contains_key(id.as_str()))
-        .map(String::as_str)
-        .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::not_found(&missing));
-    }
+    shared.all_exist(&ids)?;
     let start = match params.get("NextToken") {
         Some(token) => parse_next_token(token)?,
         None => 0,

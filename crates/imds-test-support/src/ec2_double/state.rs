@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use imds_core::options::{Field, FullOptions};
 
 use super::InjectedError;
+use super::error::ApiError;
 
 /// One request the double received, in arrival order (failed and throttled ones included).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +86,22 @@ pub(super) struct Shared {
     pub(super) requests: Vec<Recorded>,
     pub(super) request_count: u64,
     pub(super) reservation_count: u64,
+}
+
+impl Shared {
+    /// `InvalidInstanceID.NotFound` naming every id of `ids` the double does not hold.
+    pub(super) fn all_exist(&self, ids: &[String]) -> Result<(), ApiError> {
+        let missing: Vec<&str> = ids
+            .iter()
+            .filter(|id| !self.instances.contains_key(id.as_str()))
+            .map(String::as_str)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(&missing))
+        }
+    }
 }
 
 pub(super) type SharedState = Arc<Mutex<Shared>>;

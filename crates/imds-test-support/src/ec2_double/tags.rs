@@ -29,14 +29,7 @@ fn tag_resources(shared: &Shared, params: &BTreeMap<String, String>) -> Result<V
             ApiError::bad("InvalidID", format!("The ID '{bad}' is not valid"))
         });
     }
-    let missing: Vec<&str> = ids
-        .iter()
-        .filter(|id| !shared.instances.contains_key(id.as_str()))
-        .map(String::as_str)
-        .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::not_found(&missing));
-    }
+    shared.all_exist(&ids)?;
     Ok(ids)
 }
 
