@@ -236,14 +236,14 @@ async fn write_ahead(
                 record::before_change(current, &claim.current, &claim.request, &claim.deciders, &sender, |p| {
                     live.contains(p)
                 });
-            next.change = Some(ChangeRecord {
-                policy: sender.clone(),
-                node: claim.node.clone(),
-                at: now,
-                was_ready: claim.was_ready,
-                request: claim.request.to_tag_value(),
-                state: ChangeState::Sent,
-            });
+            next.change = Some(ChangeRecord::new(
+                &sender,
+                &claim.node,
+                now,
+                claim.was_ready,
+                &claim.request,
+                ChangeState::Sent,
+            ));
             if let Ok(mut seen) = seen.lock() {
                 seen.insert(id.to_string(), (current.clone(), next.clone()));
             }

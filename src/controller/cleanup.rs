@@ -84,7 +84,7 @@ async fn restore(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<usize
         Some(_) => 0,
         None => {
             let limit = max_in_flight(&policy.spec.rollout.max_in_flight, observed.selected.len());
-            let changing = restores_in_flight(ctx, policy, &observed).await;
+            let changing = rollout::changing(ctx, policy, &observed.instance_ids).await.len();
             budget(limit, changing).min(ctx.config.max_modifies_per_reconcile)
         }
     };
@@ -216,19 +216,6 @@ fn remaining_decisions(observed: &Observed, node: &NodeInput) -> selection::Deci
     selection::decide(remaining)
 }
 
-/// This policy's restore requests still changing (sent without an answer, or settling).
-async fn restores_in_flight(ctx: &Context, policy: &InstanceMetadataPolicy, observed: &Observed) -> usize {
-    let settle = Duration::from_secs(policy.spec.rollout.settle_seconds.max(0) as u64);
-    let now = Timestamp::now();
-    ctx.records
-        .valid(&observed.instance_ids)
-        .await
-        .values()
-        .filter_map(|r| r.change.as_ref())
-        .filter(|c| record::in_flight(c, now, settle))
-        .count()
-}
-
 /// Claims the instance and restores it; why not, when it failed.
 async fn send_restore(
     ctx: &Context,
@@ -272,17 +259,8 @@ async fn restore_claimed(
                 let tag_keys = cache.tag_keys(id).map(<[String]>::to_vec).unwrap_or_default();
                 cache.observe(id, Observation::Found(answer), tag_keys, tokio::time::Instant::now());
             }
-            // Recomputed on the stored record: another deletion may have handed entries over.
-            let (deleted, live) = (policy.name_any(), live_policies(ctx));
             let accepted = change(policy, observed, node, &request, ChangeState::Accepted);
-            ctx.records
-                .update(&[id.to_string()], |_, stored| {
-                    let mut done =
-                        record::restore(stored, &current, &deleted, &candidate.remaining, |p| live.contains(p)).record;
-                    done.change = Some(accepted.clone());
-                    Some(done)
-                })
-                .await;
+            write_restored(ctx, policy, candidate, &current, Some(accepted)).await;
             let restored: Vec<&str> = outcome.restored.iter().map(|f| f.name()).collect();
             let note = format!(
                 "node {node} ({id}): restored {} (was {current}); sent {request}",
@@ -302,7 +280,7 @@ async fn restore_claimed(
             let note = format!("node {node} ({id}): cannot restore {request}: {e}");
             let event = PolicyEvent::warning(Some(node), Reason::RestoreRefused, "Restore", note);
             publish(ctx, policy, event).await;
-            ctx.records.put(vec![(id.to_string(), outcome.record)]).await;
+            write_restored(ctx, policy, candidate, &current, None).await;
             Ok(())
         }
         Err(e) => {
@@ -360,6 +338,27 @@ async fn write_restore_ahead(
     }
 }
 
+/// The record once the restore is done (or given up as refused): recomputed on the stored record,
+/// where another deletion may have handed entries over meanwhile; `change` is the last request
+/// (`None`: none holds a slot).
+async fn write_restored(
+    ctx: &Context,
+    policy: &InstanceMetadataPolicy,
+    candidate: &Candidate,
+    current: &FullOptions,
+    change: Option<ChangeRecord>,
+) {
+    let (deleted, live) = (policy.name_any(), live_policies(ctx));
+    ctx.records
+        .update(std::slice::from_ref(&candidate.instance_id), |_, stored| {
+            let mut done =
+                record::restore(stored, current, &deleted, &candidate.remaining, |p| live.contains(p)).record;
+            done.change = change.clone();
+            Some(done)
+        })
+        .await;
+}
+
 /// Every policy that exists, those being deleted included.
 fn live_policies(ctx: &Context) -> HashSet<String> {
     ctx.stores.policies.state().iter().map(|p| p.name_any()).collect()
@@ -372,14 +371,8 @@ fn change(
     request: &FullOptions,
     state: ChangeState,
 ) -> ChangeRecord {
-    ChangeRecord {
-        policy: policy.name_any(),
-        node: node.to_string(),
-        at: Timestamp::now(),
-        was_ready: observed.readiness.get(node).copied().flatten().unwrap_or(false),
-        request: request.to_tag_value(),
-        state,
-    }
+    let was_ready = observed.readiness.get(node).copied().flatten().unwrap_or(false);
+    ChangeRecord::new(&policy.name_any(), node, Timestamp::now(), was_ready, request, state)
 }
 
 async fn write_progress(

@@ -11,7 +11,7 @@ use imds_core::rollout::{self, HaltRecord, RecentChange, RolloutState};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// The rollout's state: the halt carried over from the last status (unless a person resumed or
@@ -69,15 +69,21 @@ async fn forget_accepted_changes(ctx: &Context, ids: &[String]) {
 /// Instances of this policy that are changing: pending in EC2, sent without an answer yet, or
 /// accepted less than `settleSeconds` ago.
 pub async fn in_flight(ctx: &Context, policy: &InstanceMetadataPolicy, plans: &[NodePlan]) -> usize {
-    let settle = Duration::from_secs(policy.spec.rollout.settle_seconds.max(0) as u64);
     let ids: Vec<String> = plans.iter().filter_map(|p| p.instance_id.clone()).collect();
-    let records = ctx.records.valid(&ids).await;
+    let changing = changing(ctx, policy, &ids).await;
+    rollout::in_flight(plans, |id| changing.contains(id))
+}
+
+/// The instances among `ids` whose last recorded request still counts toward `maxInFlight`
+/// (not answered yet, or accepted less than the policy's `settleSeconds` ago).
+pub async fn changing(ctx: &Context, policy: &InstanceMetadataPolicy, ids: &[String]) -> HashSet<String> {
+    let settle = Duration::from_secs(policy.spec.rollout.settle_seconds.max(0) as u64);
     let now = Timestamp::now();
-    let changing = |id: &str| {
-        records
-            .get(id)
-            .and_then(|r| r.change.as_ref())
-            .is_some_and(|c| record::in_flight(c, now, settle))
-    };
-    rollout::in_flight(plans, changing)
+    ctx.records
+        .valid(ids)
+        .await
+        .into_iter()
+        .filter(|(_, r)| r.change.as_ref().is_some_and(|c| record::in_flight(c, now, settle)))
+        .map(|(id, _)| id)
+        .collect()
 }

@@ -56,6 +56,27 @@ pub struct ChangeRecord {
     pub state: ChangeState,
 }
 
+impl ChangeRecord {
+    /// A request of `policy` to the instance behind `node`, at `at`.
+    pub fn new(
+        policy: &str,
+        node: &str,
+        at: Timestamp,
+        was_ready: bool,
+        request: &FullOptions,
+        state: ChangeState,
+    ) -> Self {
+        ChangeRecord {
+            policy: policy.to_string(),
+            node: node.to_string(),
+            at,
+            was_ready,
+            request: request.to_tag_value(),
+            state,
+        }
+    }
+}
+
 /// What the operator knows it did to one instance.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
