@@ -402,8 +402,9 @@ async fn abandon(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<(), R
         .filter(|(_, r)| r.options.values().any(|e| e.by.contains(&deleted)))
         .map(|(id, _)| id)
         .collect();
-    let mut shown: Vec<&str> = left.iter().map(String::as_str).take(20).collect();
+    let mut shown: Vec<&str> = left.iter().map(String::as_str).collect();
     shown.sort();
+    shown.truncate(20);
     let note = format!(
         "restore abandoned ({ABANDON_RESTORE_ANNOTATION}); {} instances keep the options this policy set{}{}",
         left.len(),
