@@ -18,7 +18,7 @@ struct Cli {
 enum Command {
     /// Run the operator (kubeconfig or in-cluster config; the AWS SDK's standard configuration:
     /// credential chain incl. IRSA and EKS Pod Identity, AWS_REGION, AWS_ENDPOINT_URL[_EC2]).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Print the InstanceMetadataPolicy CustomResourceDefinition as YAML.
     Crd,
     /// One-shot report of every node: instance, current options, what the policies want, drift
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run(args) => match block_on(run::run(args)) {
+        Command::Run(args) => match block_on(run::run(*args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("error: {err:#}");

@@ -338,15 +338,21 @@ impl UsageReader {
                 .send()
                 .await
                 .map_err(|e| from_sdk(Service::CloudWatch, OPERATION, e));
-            match &result {
-                Ok(_) => self.metrics.aws_call(OPERATION, "ok"),
+            let rate = match &result {
+                Ok(_) => {
+                    self.metrics.aws_call(OPERATION, "ok");
+                    self.limiter.succeeded().await
+                }
                 Err(e) => {
                     self.metrics.aws_call(OPERATION, &e.code);
                     if e.is_throttling() {
-                        self.limiter.throttled().await;
+                        self.limiter.throttled().await
+                    } else {
+                        self.limiter.succeeded().await
                     }
                 }
-            }
+            };
+            self.metrics.aws_client_rate(OPERATION, rate);
             let page = result?;
             totals.add_page(page.metric_data_results());
             match page.next_token() {

@@ -2,7 +2,8 @@
 //! side rate limits, and the classification of EC2 errors into what the controller does next.
 
 use super::attempts::AttemptMetrics;
-use super::error::{AwsError, Service, from_sdk};
+use super::error::{AwsError, AwsErrorKind, Service, from_sdk};
+use super::fence::WriteFence;
 use super::ratelimit::RateLimiter;
 use crate::telemetry::metrics::Metrics;
 use aws_sdk_ec2::types::{
@@ -70,6 +71,7 @@ pub struct Ec2 {
     client: aws_sdk_ec2::Client,
     describe_limit: Arc<RateLimiter>,
     modify_limit: Arc<RateLimiter>,
+    fence: WriteFence,
     metrics: Arc<Metrics>,
 }
 
@@ -98,8 +100,14 @@ impl Ec2 {
             client: aws_sdk_ec2::Client::from_conf(config),
             describe_limit: Arc::new(RateLimiter::new(limits.describe_burst, limits.describe_per_second)),
             modify_limit: Arc::new(RateLimiter::new(limits.modify_burst, limits.modify_per_second)),
+            fence: WriteFence::open(),
             metrics,
         }
+    }
+
+    /// Sends modifications only while `fence` is open (see [`WriteFence`]).
+    pub fn with_fence(self, fence: WriteFence) -> Ec2 {
+        Ec2 { fence, ..self }
     }
 
     /// Modify tokens available now (how many requests can go out without waiting).
@@ -107,11 +115,18 @@ impl Ec2 {
         self.modify_limit.available().await
     }
 
-    fn record<T>(&self, operation: &str, result: &Result<T, AwsError>) {
+    /// Counts the outcome and adapts `limiter`: throttling cuts its rate, other answers let it
+    /// grow back; the current rate is a gauge.
+    async fn record<T>(&self, operation: &str, limiter: &RateLimiter, result: &Result<T, AwsError>) {
         match result {
             Ok(_) => self.metrics.aws_call(operation, "ok"),
             Err(e) => self.metrics.aws_call(operation, &e.code),
         }
+        let rate = match result {
+            Err(e) if e.is_throttling() => limiter.throttled().await,
+            _ => limiter.succeeded().await,
+        };
+        self.metrics.aws_client_rate(operation, rate);
     }
 
     /// Reads the instances, at most [`DESCRIBE_BATCH`] IDs per `instance-id` filter, paginated:
@@ -181,10 +196,7 @@ impl Ec2 {
                 .send()
                 .await
                 .map_err(|e| from_sdk(Service::Ec2, "DescribeInstances", e));
-            self.record("DescribeInstances", &result);
-            if matches!(&result, Err(e) if e.is_throttling()) {
-                self.describe_limit.throttled().await;
-            }
+            self.record("DescribeInstances", &self.describe_limit, &result).await;
             let page = result?;
             for instance in page.reservations().iter().flat_map(|r| r.instances()) {
                 let Some(id) = instance.instance_id() else {
@@ -225,7 +237,17 @@ impl Ec2 {
         options: &FullOptions,
         dry_run: bool,
     ) -> Result<ObservedOptions, AwsError> {
+        const OPERATION: &str = "ModifyInstanceMetadataOptions";
         self.modify_limit.acquire().await;
+        // Checked after the wait for a token: the lease may have been lost meanwhile.
+        if let Err(fenced) = self.fence.check() {
+            return Err(AwsError::new(
+                OPERATION,
+                AwsErrorKind::NotLeading,
+                "NotLeading",
+                fenced.to_string(),
+            ));
+        }
         let result = self
             .client
             .modify_instance_metadata_options()
@@ -236,13 +258,12 @@ impl Ec2 {
             .http_protocol_ipv6(InstanceMetadataProtocolState::from(options.http_protocol_ipv6.as_str()))
             .instance_metadata_tags(InstanceMetadataTagsState::from(options.instance_metadata_tags.as_str()))
             .dry_run(dry_run)
+            .customize()
+            .interceptor(self.fence.clone())
             .send()
             .await
-            .map_err(|e| from_sdk(Service::Ec2, "ModifyInstanceMetadataOptions", e));
-        self.record("ModifyInstanceMetadataOptions", &result);
-        if matches!(&result, Err(e) if e.is_throttling()) {
-            self.modify_limit.throttled().await;
-        }
+            .map_err(|e| from_sdk(Service::Ec2, OPERATION, e));
+        self.record(OPERATION, &self.modify_limit, &result).await;
         let output = result?;
         if !dry_run {
             self.metrics.modified();

@@ -31,6 +31,9 @@ pub enum AwsErrorKind {
     Transient,
     /// EC2: `DryRunOperation`, the call would have been allowed.
     DryRunOk,
+    /// Not sent: this replica may not write (its leader lease is not renewed). Retried by
+    /// whichever replica leads.
+    NotLeading,
     /// Anything else.
     Other,
 }
@@ -66,7 +69,7 @@ impl AwsError {
         match self.kind {
             AwsErrorKind::PermissionDenied => FailureKind::PermissionDenied,
             AwsErrorKind::Unsupported => FailureKind::Unsupported,
-            AwsErrorKind::Transient => FailureKind::Transient,
+            AwsErrorKind::Transient | AwsErrorKind::NotLeading => FailureKind::Transient,
             _ => FailureKind::Other,
         }
     }
@@ -89,6 +92,7 @@ impl AwsError {
                 | AwsErrorKind::Unsupported
                 | AwsErrorKind::PermissionDenied
                 | AwsErrorKind::DryRunOk
+                | AwsErrorKind::NotLeading
         )
     }
 

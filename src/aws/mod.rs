@@ -4,13 +4,15 @@
 //! - [`ec2`]: batched DescribeInstances, full-option ModifyInstanceMetadataOptions, the
 //!   original-options tag.
 //! - [`cloudwatch`]: `MetadataNoToken` (IMDSv1 usage) through GetMetricData.
-//! - [`ratelimit`]: client-side token buckets.
+//! - [`ratelimit`]: client-side token buckets whose rate adapts to throttling.
+//! - [`fence`]: EC2 writes pass only while this replica's leader lease is renewed.
 //! - [`attempts`]: an SDK interceptor that counts every attempt (throttled ones and retries).
 
 pub mod attempts;
 pub mod cloudwatch;
 pub mod ec2;
 pub mod error;
+pub mod fence;
 pub mod ratelimit;
 
 pub use error::{AwsError, AwsErrorKind, Service};

@@ -2,13 +2,17 @@
 
 use crate::aws::cloudwatch::UsageReader;
 use crate::aws::ec2::{Ec2, RateLimits};
+use crate::aws::fence::WriteFence;
 use crate::controller::records::RecordStore;
 use crate::controller::{self, Clients, Context, ControllerConfig, Stores};
+use crate::leadership::{Election, Elector, signed_duration};
 use crate::telemetry::health::{self, Health};
 use crate::telemetry::logging::{self, LogFormat};
 use crate::telemetry::metrics::Metrics;
 use anyhow::Context as _;
 use imds_core::api::MANAGER;
+use imds_core::leader::Timings;
+use k8s_openapi::jiff::SignedDuration;
 use kube::runtime::events::{Recorder, Reporter};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,9 +67,15 @@ pub struct RunArgs {
     /// Namespace of the Lease (defaults to the pod's namespace, else `default`).
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
-    /// How long a lease is valid without renewal; a standby takes over within this time.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
-    pub lease_duration: Duration,
+    /// How long a lease is valid without renewal; a standby takes over within this time. The
+    /// leader stops writing to EC2 when it could not renew for two thirds of it (the renew
+    /// deadline), and renews every 2/15 of it (client-go's 15s/10s/2s). At least 3s.
+    #[arg(long, default_value = "15s", value_parser = lease_timings)]
+    pub lease_duration: Timings,
+    /// Test only: shifts the wall-clock times this replica writes into the Lease, to show that
+    /// a clock offset between replicas cannot make two of them write at once.
+    #[arg(long, hide = true, default_value = "0s", value_parser = signed_duration, allow_hyphen_values = true)]
+    pub lease_clock_offset: SignedDuration,
     /// Name prefix of the ConfigMaps (`<prefix>-records-00` … `-0f`, in the lease namespace) that
     /// hold what the operator changed: originals for restore, and the requests the staged rollout
     /// counts. Only the operator may write them (the chart's Role names them).
@@ -83,7 +93,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     install_crypto_provider();
     let client = connect_kube().await?;
     let metrics = Arc::new(Metrics::new());
-    let (ec2, usage) = aws_clients(&args, metrics.clone()).await;
+    let fence = if args.leader_election {
+        WriteFence::closed()
+    } else {
+        WriteFence::open()
+    };
+    let (ec2, usage) = aws_clients(&args, metrics.clone(), fence.clone()).await;
 
     let health = Arc::new(Health::default());
     health::serve(args.health_addr, args.metrics_addr, health.clone(), metrics.clone())
@@ -99,8 +114,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let identity = args.identity.clone().unwrap_or_else(random_identity);
     let lease = if args.leader_election {
-        match lead(&args, &client, &identity, &health, stop_rx.clone()).await? {
-            Some(lease) => Some(lease),
+        match lead(&args, &client, &identity, fence, &health, stop_rx.clone()).await {
+            Some(election) => Some(election),
             None => return Ok(()), // stopped while standing by
         }
     } else {
@@ -136,13 +151,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let lost = run_controller(
         build,
         client,
+        health,
         stop_rx,
-        lease.as_ref().map(|(leading, _)| leading.clone()),
+        lease.as_ref().map(|e| e.leading.clone()),
     )
     .await;
-    if let Some((leading, task)) = lease {
-        drop(leading);
-        let _ = task.await; // releases the lease
+    if let Some(election) = lease {
+        election.release().await;
     }
     if lost {
         anyhow::bail!("lost the leader lease; exiting so that this replica restarts as a standby");
@@ -186,7 +201,7 @@ async fn connect_kube() -> anyhow::Result<kube::Client> {
 
 /// The EC2 and CloudWatch adaptors. Timeouts keep a hung connection from stalling a reconcile;
 /// the SDK's standard retry (3 attempts, jittered backoff) stays.
-async fn aws_clients(args: &RunArgs, metrics: Arc<Metrics>) -> (Ec2, UsageReader) {
+async fn aws_clients(args: &RunArgs, metrics: Arc<Metrics>, fence: WriteFence) -> (Ec2, UsageReader) {
     let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .operation_attempt_timeout(Duration::from_secs(20))
         .operation_timeout(Duration::from_secs(60))
@@ -202,51 +217,48 @@ async fn aws_clients(args: &RunArgs, metrics: Arc<Metrics>) -> (Ec2, UsageReader
         modify_per_second: args.modify_rate,
         modify_burst: args.modify_burst,
     };
-    let ec2 = Ec2::new(aws_sdk_ec2::Client::new(&aws), limits, metrics.clone());
+    let ec2 = Ec2::new(aws_sdk_ec2::Client::new(&aws), limits, metrics.clone()).with_fence(fence);
     let usage = UsageReader::new(aws_sdk_cloudwatch::Client::new(&aws), metrics);
     (ec2, usage)
 }
-
-/// A held lease: whether this replica leads, and the task that renews (and on drop releases) it.
-type Lease = (
-    watch::Receiver<bool>,
-    tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
-);
 
 /// Stands by until this replica holds the lease; `None` when told to stop first.
 async fn lead(
     args: &RunArgs,
     client: &kube::Client,
     identity: &str,
+    fence: WriteFence,
     health: &Health,
     mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<Option<Lease>> {
+) -> Option<Election> {
     let namespace = args.lease_namespace.clone().unwrap_or_else(|| "default".to_string());
-    let duration = args.lease_duration.as_secs().max(2);
-    let grace = (duration / 3).max(1);
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(namespace.clone())
-        .with_identity(identity)
-        .with_duration(duration)
-        .with_grace(grace)
-        .build()
-        .await
-        .context("creating the lease manager")?;
-    let (mut leading, task) = manager.watch().await;
+    let election = Elector::new(
+        client.clone(),
+        &namespace,
+        &args.lease_name,
+        identity,
+        args.lease_duration,
+        fence,
+    )
+    .with_clock_offset(args.lease_clock_offset)
+    .start();
     health.set_ready(true);
     tracing::info!(lease = %args.lease_name, %namespace, %identity, "waiting for leadership");
+    let mut leading = election.leading.clone();
     while !*leading.borrow() {
         tokio::select! {
-            changed = leading.changed() => changed.context("lease manager stopped")?,
+            changed = leading.changed() => if changed.is_err() {
+                tracing::error!("the election stopped");
+                return None;
+            },
             _ = stop.changed() => {
-                drop(leading);
-                let _ = task.await;
-                return Ok(None);
+                election.release().await;
+                return None;
             }
         }
     }
     tracing::info!(%identity, "became the leader");
-    Ok(Some((leading, task)))
+    Some(election)
 }
 
 /// Runs the controller until SIGTERM (graceful: in-flight reconciles and their EC2 calls
@@ -256,6 +268,7 @@ async fn lead(
 async fn run_controller(
     build: impl FnOnce(Stores) -> Arc<Context>,
     client: kube::Client,
+    health: Arc<Health>,
     mut stop: watch::Receiver<bool>,
     leading: Option<watch::Receiver<bool>>,
 ) -> bool {
@@ -275,7 +288,7 @@ async fn run_controller(
         }
     };
     tokio::select! {
-        _ = controller::run(build, client, shutdown) => {
+        _ = controller::run(build, client, health, shutdown) => {
             tracing::info!("controller stopped; in-flight reconciles finished");
             false
         }
@@ -288,6 +301,12 @@ async fn run_controller(
 
 /// The shortest resync period: a shorter one would requeue every policy in a hot loop.
 const MIN_RESYNC: Duration = Duration::from_secs(1);
+
+/// Parses `--lease-duration` into the election's timings.
+fn lease_timings(text: &str) -> Result<Timings, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    Timings::for_lease(duration).map_err(|e| e.to_string())
+}
 
 /// Parses `--resync-period`: a duration of at least [`MIN_RESYNC`].
 fn resync_period(text: &str) -> Result<Duration, String> {
@@ -345,5 +364,16 @@ mod tests {
         for bad in ["0s", "0", "500ms", "soon", ""] {
             assert!(resync_period(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn lease_durations() {
+        let t = lease_timings("15s").expect("default");
+        assert_eq!(
+            (t.renew_deadline, t.retry_period),
+            (Duration::from_secs(10), Duration::from_secs(2))
+        );
+        assert!(lease_timings("4s").is_ok());
+        assert!(lease_timings("2s").is_err());
     }
 }

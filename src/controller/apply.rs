@@ -7,7 +7,7 @@
 //! whose record cannot be written is not sent.
 
 use super::context::Context;
-use super::events::{PolicyEvent, publish};
+use super::events::{PolicyEvent, publish, publish_repeating};
 use super::observe::Observed;
 use super::preflight::preflight;
 use crate::aws::{AwsError, AwsErrorKind};
@@ -268,7 +268,7 @@ async fn write_ahead(
             message: format!("the record could not be written, nothing sent: {error}"),
         };
         let note = format!("{} instances not modified: {}", unstored.len(), failure.message);
-        publish(
+        publish_repeating(
             ctx,
             policy,
             PolicyEvent::warning(None, Reason::RecordNotWritten, "Record", note),
@@ -320,6 +320,7 @@ async fn record_modified(ctx: &Context, policy: &InstanceMetadataPolicy, claim: 
         let mut cache = ctx.cache.lock().await;
         let tag_keys = cache.tag_keys(&id).map(<[String]>::to_vec).unwrap_or_default();
         cache.observe(&id, Observation::Found(answer), tag_keys, tokio::time::Instant::now());
+        cache.succeeded(&id);
     }
     let changes: Vec<String> = drift
         .iter()
@@ -361,11 +362,12 @@ async fn record_failed(
                 return None;
             }
             AwsErrorKind::Unsupported => cache.refuse(id, claim.request, failure.clone()),
-            _ => {}
+            // Throttled, denied, 5xx, timeouts: not again before the backoff, whatever triggers.
+            _ => cache.back_off(id, claim.request, failure.clone(), tokio::time::Instant::now()),
         }
     }
     let note = format!("node {} ({id}): {}: {}", claim.node, err.operation, failure.message);
     let event = PolicyEvent::warning(Some(&claim.node), failure.kind.reason(), err.operation, note);
-    publish(ctx, policy, event).await;
+    publish_repeating(ctx, policy, event).await;
     Some(failure)
 }

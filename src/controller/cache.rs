@@ -1,10 +1,13 @@
 //! What the operator remembers about instances between reconciles: the last observation (so a
-//! reconcile triggered by one node reads only that node's instance), and requests EC2 refused
-//! for good. Shared by every policy's reconcile.
+//! reconcile triggered by one node reads only that node's instance), requests EC2 refused for
+//! good, and the per-instance backoff after a failed read or request — so that node events,
+//! however many, never send a failing instance's request again before its backoff ends.
+//! Shared by every policy's reconcile.
 
 use crate::aws::ec2::Described;
 use imds_core::observation::{Failure, Observation};
 use imds_core::options::{ApplyState, FullOptions};
+use imds_core::requeue::{backoff_base, backoff_delay};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -14,6 +17,17 @@ struct Entry {
     observation: Observation,
     tag_keys: Vec<String>,
     fetched: Instant,
+    /// Reads that failed in a row (0 after a successful one).
+    failed_reads: u32,
+}
+
+/// A request that failed (not for good): not sent again before `until` unless it changes.
+#[derive(Clone, Debug)]
+struct Backoff {
+    request: FullOptions,
+    failure: Failure,
+    until: Instant,
+    attempts: u32,
 }
 
 /// How long a CloudWatch answer about IMDSv1 usage is reused.
@@ -26,6 +40,7 @@ const USAGE_ERROR_TTL: Duration = Duration::from_secs(60);
 pub struct InstanceCache {
     entries: HashMap<String, Entry>,
     refusals: HashMap<String, (FullOptions, Failure)>,
+    backoffs: HashMap<String, Backoff>,
     in_flight: HashSet<String>,
     record_tags_seen: HashSet<String>,
     usage: HashMap<(String, u64), (Result<f64, Failure>, Instant)>,
@@ -43,7 +58,7 @@ impl InstanceCache {
                         || match &e.observation {
                             Observation::Found(o) => o.state == ApplyState::Pending,
                             Observation::NotFound => false,
-                            Observation::Failed(_) => true,
+                            Observation::Failed(f) => now >= e.fetched + read_backoff(f, e.failed_reads),
                         }
                 }
             })
@@ -53,14 +68,23 @@ impl InstanceCache {
 
     /// Records an observation.
     pub fn observe(&mut self, id: &str, observation: Observation, tag_keys: Vec<String>, now: Instant) {
+        let failed_reads = self.failed_reads_after(id, &observation);
         self.entries.insert(
             id.to_string(),
             Entry {
                 observation,
                 tag_keys,
                 fetched: now,
+                failed_reads,
             },
         );
+    }
+
+    fn failed_reads_after(&self, id: &str, observation: &Observation) -> u32 {
+        match observation {
+            Observation::Failed(_) => self.entries.get(id).map_or(0, |e| e.failed_reads).saturating_add(1),
+            _ => 0,
+        }
     }
 
     /// Records what a DescribeInstances issued at `issued` said — unless the entry was updated after that (a modify answer from another reconcile
@@ -70,12 +94,14 @@ impl InstanceCache {
             return;
         }
         let now = issued;
+        let failed_reads = self.failed_reads_after(id, &described.observation);
         self.entries.insert(
             id.to_string(),
             Entry {
                 observation: described.observation,
                 tag_keys: described.tag_keys,
                 fetched: now,
+                failed_reads,
             },
         );
     }
@@ -104,9 +130,57 @@ impl InstanceCache {
         self.entries.get(id).map(|e| e.tag_keys.as_slice())
     }
 
-    /// Requests EC2 refused for good.
-    pub fn refusals(&self) -> &HashMap<String, (FullOptions, Failure)> {
-        &self.refusals
+    /// Requests not to send now: refused for good, or failed and still in their backoff at
+    /// `now` (the planner reports their failure and sends nothing).
+    pub fn refusals(&self, now: Instant) -> HashMap<String, (FullOptions, Failure)> {
+        let mut out = self.refusals.clone();
+        for (id, b) in self.backoffs.iter().filter(|(_, b)| now < b.until) {
+            out.entry(id.clone()).or_insert_with(|| (b.request, b.failure.clone()));
+        }
+        out
+    }
+
+    /// A request failed in a way worth retrying: it waits its failure kind's backoff, doubled
+    /// per failure in a row of the same request.
+    pub fn back_off(&mut self, id: &str, request: FullOptions, failure: Failure, now: Instant) {
+        let Some(base) = backoff_base(failure.kind) else {
+            return;
+        };
+        let attempts = match self.backoffs.get(id) {
+            Some(b) if b.request == request => b.attempts.saturating_add(1),
+            _ => 1,
+        };
+        let until = now + backoff_delay(base, attempts);
+        self.backoffs.insert(
+            id.to_string(),
+            Backoff {
+                request,
+                failure,
+                until,
+                attempts,
+            },
+        );
+    }
+
+    /// How long until the first of `ids` that waits out a backoff (a failed read or request)
+    /// may be tried again; `None` when none waits.
+    pub fn next_retry<'a>(&self, ids: impl IntoIterator<Item = &'a String>, now: Instant) -> Option<Duration> {
+        ids.into_iter()
+            .filter_map(|id| {
+                let read = self.entries.get(id).and_then(|e| match &e.observation {
+                    Observation::Failed(f) => Some(e.fetched + read_backoff(f, e.failed_reads)),
+                    _ => None,
+                });
+                let request = self.backoffs.get(id).map(|b| b.until);
+                read.into_iter().chain(request).min()
+            })
+            .map(|at| at.saturating_duration_since(now))
+            .min()
+    }
+
+    /// A request was accepted: its backoff is over.
+    pub fn succeeded(&mut self, id: &str) {
+        self.backoffs.remove(id);
     }
 
     /// Remembers that EC2 refused `request` for `id` for good.
@@ -139,8 +213,15 @@ impl InstanceCache {
     pub fn forget(&mut self, id: &str) {
         self.entries.remove(id);
         self.refusals.remove(id);
+        self.backoffs.remove(id);
         self.usage.retain(|(i, _), _| i != id);
     }
+}
+
+/// How long a failed read waits before the instance is read again: the failure kind's backoff,
+/// doubled per failure in a row.
+fn read_backoff(failure: &Failure, failed_reads: u32) -> Duration {
+    backoff_base(failure.kind).map_or(Duration::ZERO, |base| backoff_delay(base, failed_reads.max(1)))
 }
 
 #[cfg(test)]
@@ -180,7 +261,81 @@ mod tests {
         cache.observe("gone", Observation::NotFound, vec![], t0);
         let mut stale = cache.stale(&ids, t0 + Duration::from_secs(1), max_age);
         stale.sort();
-        assert_eq!(stale, vec!["failed", "never", "old", "pending"]);
+        assert_eq!(
+            stale,
+            vec!["never", "old", "pending"],
+            "a failed read waits its backoff"
+        );
+        let mut stale = cache.stale(&ids, t0 + Duration::from_secs(10), max_age);
+        stale.sort();
+        assert_eq!(
+            stale,
+            vec!["failed", "never", "old", "pending"],
+            "10s later it is read again"
+        );
+    }
+
+    #[test]
+    fn failed_reads_back_off_longer_in_a_row_and_reset_on_success() {
+        let t0 = Instant::now();
+        let failed = || {
+            Observation::Failed(Failure {
+                kind: FailureKind::Transient,
+                message: "RequestLimitExceeded".into(),
+            })
+        };
+        let ids = vec!["i".to_string()];
+        let mut cache = InstanceCache::default();
+        cache.observe("i", failed(), vec![], t0);
+        cache.observe("i", failed(), vec![], t0);
+        let hour = Duration::from_secs(3600);
+        assert!(
+            cache.stale(&ids, t0 + Duration::from_secs(19), hour).is_empty(),
+            "20s after two"
+        );
+        assert_eq!(cache.stale(&ids, t0 + Duration::from_secs(20), hour), ids);
+        cache.observe("i", found(ApplyState::Applied), vec![], t0);
+        cache.observe("i", failed(), vec![], t0);
+        assert_eq!(
+            cache.stale(&ids, t0 + Duration::from_secs(10), hour),
+            ids,
+            "reset by a success"
+        );
+    }
+
+    #[test]
+    fn a_failed_request_waits_its_backoff_unless_it_changes() {
+        let t0 = Instant::now();
+        let mut cache = InstanceCache::default();
+        let request = FullOptions::EC2_LAUNCH_DEFAULTS;
+        let throttled = Failure {
+            kind: FailureKind::Transient,
+            message: "RequestLimitExceeded".into(),
+        };
+        cache.back_off("i", request, throttled.clone(), t0);
+        assert_eq!(
+            cache.refusals(t0 + Duration::from_secs(9)).get("i"),
+            Some(&(request, throttled.clone()))
+        );
+        assert!(cache.refusals(t0 + Duration::from_secs(10)).is_empty(), "10s, then");
+        cache.back_off("i", request, throttled.clone(), t0);
+        assert!(
+            !cache.refusals(t0 + Duration::from_secs(19)).is_empty(),
+            "20s for the second"
+        );
+        assert_eq!(
+            cache.next_retry(&["i".to_string()], t0 + Duration::from_secs(5)),
+            Some(Duration::from_secs(15))
+        );
+        cache.succeeded("i");
+        assert!(cache.refusals(t0).is_empty());
+        assert_eq!(cache.next_retry(&["i".to_string()], t0), None);
+        let unsupported = Failure {
+            kind: FailureKind::Unsupported,
+            message: "no".into(),
+        };
+        cache.back_off("i", request, unsupported, t0);
+        assert!(cache.refusals(t0).is_empty(), "refusals for good are not backoffs");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use super::context::Context;
 use super::error::ReconcileError;
-use super::events::{PolicyEvent, publish, publish_halt};
+use super::events::{PolicyEvent, publish, publish_halt, publish_repeating};
 use super::observe::{Observed, observe, refresh};
 use super::policy_writes::{patch_status, set_finalizers, without_restore_finalizer};
 use super::rollout;
@@ -116,7 +116,7 @@ async fn restore(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<usize
             errors.len(),
             errors.join("; ")
         );
-        publish(
+        publish_repeating(
             ctx,
             policy,
             PolicyEvent::warning(None, Reason::RestoreFailed, "Restore", note),

@@ -51,6 +51,30 @@ impl<'a> PolicyEvent<'a> {
     }
 }
 
+/// Publishes a Warning that repeats while a failure lasts (every reconcile, every retry): at most
+/// once per [`WARNING_WINDOW`](super::memo::WARNING_WINDOW) for the same policy, node, reason and
+/// action; the next one says how many were held back. (The recorder also folds repeats into one
+/// Event series, but each repeat would still be an API call.)
+pub async fn publish_repeating(ctx: &Context, policy: &InstanceMetadataPolicy, mut event: PolicyEvent<'_>) {
+    let key = (
+        policy.name_any(),
+        event.node.map(str::to_string),
+        event.reason.to_string(),
+        event.action.to_string(),
+    );
+    match ctx.memo.warning_due(key, std::time::Instant::now()) {
+        None => {
+            tracing::debug!(policy = %policy.name_any(), reason = %event.reason, note = %event.note, "repeated warning held back")
+        }
+        Some(held_back) => {
+            if held_back > 0 {
+                event.note = format!("{} ({held_back} more like this since the last event)", event.note);
+            }
+            publish(ctx, policy, event).await;
+        }
+    }
+}
+
 /// Publishes an event on the policy; a failure to publish is logged, never fatal.
 pub async fn publish(ctx: &Context, policy: &InstanceMetadataPolicy, event: PolicyEvent<'_>) {
     let secondary = event.node.map(|name| ObjectReference {
@@ -81,7 +105,7 @@ pub async fn publish_conflicts(ctx: &Context, policy: &InstanceMetadataPolicy, p
             first.node,
             first.message.clone().unwrap_or_default()
         );
-        publish(ctx, policy, PolicyEvent::warning(None, Reason::Conflict, "Plan", note)).await;
+        publish_repeating(ctx, policy, PolicyEvent::warning(None, Reason::Conflict, "Plan", note)).await;
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`watches`]: the policy and Node watches and what triggers which policy.
 //! - [`node_changes`]: Node watch events → the changes that matter.
+//! - [`decode`]: policies decoded one by one, so one a version cannot read stops no other.
 //! - [`context`]: clients, stores, cache, memory and tunables every reconcile shares.
 //! - [`cache`]: what is known of instances between reconciles.
 //! - [`memo`]: what is remembered per policy (preflights, membership, backoff).
@@ -13,6 +14,7 @@
 //! - [`preflight`]: the DryRun check before a policy's first request.
 //! - [`cleanup`]: deletion, and restore-on-delete.
 //! - [`events`]: Events on policies.
+//! - [`fault_hook`]: the injected panic the end-to-end tests of containment use.
 //! - [`policy_writes`]: the status patch, the finalizer, the gauges.
 //! - [`error`]: errors that end a reconcile, with their categories.
 //! - [`reconcile`]: the driver.
@@ -21,8 +23,10 @@ pub mod apply;
 pub mod cache;
 pub mod cleanup;
 pub mod context;
+pub mod decode;
 pub mod error;
 pub mod events;
+pub mod fault_hook;
 pub mod memo;
 pub mod node_changes;
 pub mod observe;

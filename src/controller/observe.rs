@@ -196,11 +196,7 @@ pub async fn plan_with_cache(ctx: &Context, observed: &Observed, outcomes: &Hash
                 (id.clone(), facts)
             })
             .collect();
-        (
-            cache.observations(&observed.instance_ids),
-            cache.refusals().clone(),
-            facts,
-        )
+        (cache.observations(&observed.instance_ids), cache.refusals(now), facts)
     };
     let input = PlanInput {
         policy: &observed.me,

@@ -2,6 +2,7 @@
 //! restore finalizer, and the per-policy gauges that mirror the status.
 
 use super::context::Context;
+use super::decode::Undecodable;
 use super::error::ReconcileError;
 use imds_core::api::{
     GROUP, InstanceMetadataPolicy, InstanceMetadataPolicyStatus, MANAGER, OnDelete, RESTORE_FINALIZER,
@@ -92,4 +93,61 @@ pub fn record_gauges(ctx: &Context, name: &str, s: &InstanceMetadataPolicyStatus
             ("blocked", s.blocked_nodes),
         ],
     );
+}
+
+/// Reports a policy this version cannot read: `Ready=False`, `Stalled=True` (reason
+/// `SpecNotUnderstood`, serde's message) and a Warning. Failures are logged, never fatal.
+pub async fn report_undecodable(ctx: &Context, bad: &Undecodable) {
+    use imds_core::api::condition;
+    use imds_core::reason::Reason;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use kube::api::{ApiResource, DynamicObject};
+    use kube::runtime::events::{Event, EventType};
+    tracing::error!(policy = %bad.name, generation = bad.generation, error = %bad.error, "policy not understood by this version; skipped");
+    let message = format!(
+        "this operator version cannot read the policy (is the CRD newer than the operator?): {}",
+        bad.error
+    );
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let cond = |type_: &str, status: &str| Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: Reason::SpecNotUnderstood.to_string(),
+        message: message.clone(),
+        last_transition_time: now.clone(),
+        observed_generation: Some(bad.generation),
+    };
+    let patch = serde_json::json!({
+        "apiVersion": format!("{GROUP}/v1alpha1"),
+        "kind": "InstanceMetadataPolicy",
+        "status": {
+            "observedGeneration": bad.generation,
+            "conditions": [cond(condition::READY, "False"), cond(condition::RECONCILING, "False"), cond(condition::STALLED, "True")],
+        },
+    });
+    let resource = ApiResource::erase::<InstanceMetadataPolicy>(&());
+    let api: Api<DynamicObject> = Api::all_with(ctx.clients.kube.clone(), &resource);
+    if let Err(e) = api
+        .patch_status(&bad.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+    {
+        tracing::warn!(policy = %bad.name, error = %e, "could not report the policy as not understood");
+    }
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(resource.api_version.clone()),
+        kind: Some(resource.kind.clone()),
+        name: Some(bad.name.clone()),
+        uid: bad.uid.clone(),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: Reason::SpecNotUnderstood.to_string(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Decode".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.clients.recorder.publish(&event, &reference).await {
+        tracing::warn!(policy = %bad.name, error = %e, "could not publish event");
+    }
 }

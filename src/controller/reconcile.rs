@@ -5,7 +5,9 @@ use super::apply::apply;
 use super::cleanup::cleanup;
 use super::context::Context;
 use super::error::{ReconcileError, contained};
-use super::events::{PolicyEvent, publish, publish_conflicts, publish_halt};
+use super::events::{PolicyEvent, publish_conflicts, publish_halt, publish_repeating};
+use super::fault_hook;
+use super::memo::trigger_of;
 use super::observe::{self, Observed};
 use super::policy_writes::{patch_status, record_gauges, sync_finalizer};
 use super::rollout;
@@ -22,6 +24,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Reconciles one policy.
 pub async fn reconcile(policy: Arc<InstanceMetadataPolicy>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -31,6 +34,11 @@ pub async fn reconcile(policy: Arc<InstanceMetadataPolicy>, ctx: Arc<Context>) -
     } else {
         contained(reconcile_live(&policy, &ctx)).await
     };
+    if let Err(ReconcileError::Panicked(message)) = &result {
+        let note = format!("reconcile panicked (a bug; please report it): {message}; retried with a backoff");
+        let event = PolicyEvent::warning(None, Reason::ReconcilePanicked, "Reconcile", note);
+        publish_repeating(&ctx, &policy, event).await;
+    }
     let category = result.as_ref().err().map(|e| e.category().as_str());
     ctx.metrics.reconciled(category, started.elapsed());
     result
@@ -38,6 +46,14 @@ pub async fn reconcile(policy: Arc<InstanceMetadataPolicy>, ctx: Arc<Context>) -
 
 async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<Action, ReconcileError> {
     let name = policy.name_any();
+    // The last reconcile failed as a whole: a node event before its backoff ends runs nothing;
+    // the backoff's own requeue (or a change of the policy itself) ends the hold.
+    if let Some(left) = ctx.memo.held(&name, trigger_of(policy), Instant::now()) {
+        ctx.metrics.reconcile_held();
+        tracing::debug!(policy = %name, ?left, "in backoff: trigger held");
+        return Ok(Action::requeue(left));
+    }
+    fault_hook::maybe_panic(&name);
     sync_finalizer(policy, ctx).await?;
     let observed = observe::observe(policy, ctx, false).await?;
     ctx.memo
@@ -69,7 +85,7 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
     publish_new_halt(ctx, policy, &progress, &new_status).await;
     patch_status(ctx, &name, &new_status).await?;
     record_gauges(ctx, &name, &new_status);
-    Ok(next_action(ctx, &name, &plans, &progress))
+    Ok(next_action(ctx, policy, &observed, &plans, &progress).await)
 }
 
 /// Plans again with this reconcile's failures; what still wants a request waits its turn.
@@ -101,7 +117,7 @@ async fn publish_ignored_record_tags(ctx: &Context, policy: &InstanceMetadataPol
         let note = format!(
             "instance {id} carries the tag {ORIGINAL_OPTIONS_TAG}; ignored: the operator keeps its records in ConfigMaps, never in instance tags"
         );
-        publish(
+        publish_repeating(
             ctx,
             policy,
             PolicyEvent::warning(None, Reason::RecordTagIgnored, "Record", note),
@@ -124,26 +140,46 @@ async fn publish_new_halt(
     publish_halt(ctx, policy, new_status, "Rollout").await;
 }
 
-/// When to look again ([`requeue::requeue_delay`]), advancing the backoff of what fails and
-/// resetting it for what no longer does.
-fn next_action(ctx: &Context, name: &str, plans: &[NodePlan], progress: &Progress) -> Action {
+/// When to look again ([`requeue::requeue_delay`]): a failing instance waits out its own
+/// backoff in the instance cache (growing per failure of that instance, whatever triggers the
+/// reconcile), so the policy looks again when the first of them may be retried; failures with
+/// no such clock (a preflight, a record write, a usage read) wait their kind's base delay.
+async fn next_action(
+    ctx: &Context,
+    policy: &InstanceMetadataPolicy,
+    observed: &Observed,
+    plans: &[NodePlan],
+    progress: &Progress,
+) -> Action {
+    let name = policy.name_any();
     let failing = requeue::retried_failures(plans);
-    let backoffs: Vec<_> = failing
-        .iter()
-        .map(|(kind, base)| ctx.memo.backoff(name, *kind, *base))
-        .collect();
-    let still_failing: HashSet<FailureKind> = failing.iter().map(|(kind, _)| *kind).collect();
-    ctx.memo.reset_backoff(name, &still_failing);
+    let next_retry = ctx
+        .cache
+        .lock()
+        .await
+        .next_retry(&observed.instance_ids, tokio::time::Instant::now());
+    let backoffs: Vec<Duration> = match next_retry {
+        Some(retry) if !failing.is_empty() => vec![retry.max(MIN_RETRY)],
+        _ => failing.iter().map(|(_, base)| *base).collect(),
+    };
+    ctx.memo.reset_backoff(&name, &HashSet::new());
+    ctx.memo.release(&name);
     let work = Work::of(plans, progress.halt.is_some(), progress.deferred);
     Action::requeue(requeue::requeue_delay(ctx.config.resync_period, &backoffs, &work))
 }
 
-/// What the controller does when a reconcile fails as a whole: back off per policy.
+/// The shortest requeue for a retry: a backoff ending now still waits this long.
+const MIN_RETRY: Duration = Duration::from_secs(1);
+
+/// What the controller does when a reconcile fails as a whole: back off per policy, and hold
+/// the policy meanwhile, so that node events do not run it again before the backoff ends.
 pub fn error_policy(policy: Arc<InstanceMetadataPolicy>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     let name = policy.name_any();
     tracing::warn!(policy = %name, %error, "reconcile failed");
     if matches!(error, ReconcileError::InvalidSelector(_)) {
         return Action::await_change();
     }
-    Action::requeue(ctx.memo.backoff(&name, FailureKind::Other, RECONCILE_ERROR_BACKOFF))
+    let delay = ctx.memo.backoff(&name, FailureKind::Other, RECONCILE_ERROR_BACKOFF);
+    ctx.memo.hold(&name, trigger_of(&policy), Instant::now() + delay);
+    Action::requeue(delay)
 }

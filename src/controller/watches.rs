@@ -3,25 +3,32 @@
 //! policy spec change triggers every policy (priorities and conflicts span policies).
 
 use super::context::{Context, Stores};
+use super::decode::PolicyDecoder;
+use super::memo::trigger_of;
 use super::node_changes::NodeChanges;
+use super::policy_writes::report_undecodable;
 use super::reconcile::{error_policy, reconcile};
+use crate::telemetry::health::Health;
 use futures::{Stream, StreamExt, future};
 use imds_core::api::InstanceMetadataPolicy;
 use imds_core::node;
 use imds_core::selection::PolicyInput;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::Api;
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::{Config as ControllerRuntimeConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The Node reflector: a stripped store and the stream of Nodes whose relevant parts changed
 /// (or that were deleted). The stream must be polled for the store to fill.
-pub fn node_reflector(client: kube::Client) -> (Store<Node>, impl Stream<Item = (Node, bool)> + Send + 'static) {
+pub fn node_reflector(
+    client: kube::Client,
+    health: Arc<Health>,
+) -> (Store<Node>, impl Stream<Item = (Node, bool)> + Send + 'static) {
     let (reader, writer) = reflector::store();
     let api: Api<Node> = Api::all(client);
     let mut changes = NodeChanges::default();
@@ -30,6 +37,7 @@ pub fn node_reflector(client: kube::Client) -> (Store<Node>, impl Stream<Item = 
         .modify(node::strip)
         .reflect(writer)
         .flat_map(move |event| {
+            health.watch_event("nodes", event.is_ok());
             let changed = match event {
                 Ok(event) => changes.on_event(event),
                 Err(err) => {
@@ -62,12 +70,7 @@ fn policies_for_node(ctx: &Context, node: &Node) -> Vec<ObjectRef<InstanceMetada
 /// A policy is reconciled when its spec (generation), annotations (rollout resume) or deletion
 /// state change; status writes do not trigger it.
 fn policy_trigger_hash(policy: &InstanceMetadataPolicy) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    policy.meta().generation.hash(&mut h);
-    policy.annotations().hash(&mut h);
-    policy.meta().deletion_timestamp.is_some().hash(&mut h);
-    Some(h.finish())
+    Some(trigger_of(policy))
 }
 
 /// Drops the cached observation of a deleted node's instance.
@@ -79,46 +82,78 @@ fn forget_instance(ctx: &Arc<Context>, node: &Node) {
     }
 }
 
+/// The policy watch, decoded policy by policy ([`PolicyDecoder`]): a policy this version cannot
+/// read is reported (when `report` is given, once per generation) and skipped. Watch errors and
+/// successes are reported to `health` as the watch `name`.
+fn policy_watch(
+    client: kube::Client,
+    name: &'static str,
+    health: Arc<Health>,
+    report: Option<Arc<Context>>,
+) -> impl Stream<Item = Result<watcher::Event<InstanceMetadataPolicy>, watcher::Error>> + Send + 'static {
+    let resource = ApiResource::erase::<InstanceMetadataPolicy>(&());
+    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let mut decoder = PolicyDecoder::default();
+    let mut reported: HashSet<(String, i64)> = HashSet::new();
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .flat_map(move |event| {
+            health.watch_event(name, event.is_ok());
+            let out: Vec<_> = match event {
+                Ok(event) => {
+                    let (events, bad) = decoder.on_event(event);
+                    for b in bad {
+                        if let Some(ctx) = &report
+                            && reported.insert((b.name.clone(), b.generation))
+                        {
+                            let ctx = ctx.clone();
+                            tokio::spawn(async move { report_undecodable(&ctx, &b).await });
+                        }
+                    }
+                    events.into_iter().map(Ok).collect()
+                }
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(out)
+        })
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     ctx_builder: impl FnOnce(Stores) -> Arc<Context>,
     client: kube::Client,
+    health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let policies: Api<InstanceMetadataPolicy> = Api::all(client.clone());
     let (policy_reader, policy_writer) = reflector::store();
-    let primary = watcher(policies.clone(), watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(policy_writer)
-        .applied_objects()
-        .predicate_filter(policy_trigger_hash, Default::default());
-
-    let (node_reader, node_changes) = node_reflector(client.clone());
+    let (node_reader, node_changes) = node_reflector(client.clone(), health.clone());
     let ctx = ctx_builder(Stores {
         nodes: node_reader,
         policies: policy_reader.clone(),
     });
+    let primary = policy_watch(client.clone(), "policies", health.clone(), Some(ctx.clone()))
+        .reflect(policy_writer)
+        .applied_objects()
+        .predicate_filter(policy_trigger_hash, Default::default());
 
     // A policy created, changed or deleted can change every other policy's outcome.
     let mut generations: HashMap<String, i64> = HashMap::new();
     let deleted_ctx = ctx.clone();
-    let policy_changes = watcher(policies, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .filter_map(move |event| {
-            let changed = match event {
-                Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
-                    let generation = p.meta().generation.unwrap_or_default();
-                    generations.insert(p.name_any(), generation) != Some(generation)
-                }
-                Ok(watcher::Event::Delete(p)) => {
-                    generations.remove(&p.name_any());
-                    deleted_ctx.forget_policy(&p.name_any());
-                    true
-                }
-                _ => false,
-            };
-            future::ready(changed.then_some(()))
-        });
+    let policy_changes = policy_watch(client, "policy-changes", health, None).filter_map(move |event| {
+        let changed = match event {
+            Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
+                let generation = p.meta().generation.unwrap_or_default();
+                generations.insert(p.name_any(), generation) != Some(generation)
+            }
+            Ok(watcher::Event::Delete(p)) => {
+                generations.remove(&p.name_any());
+                deleted_ctx.forget_policy(&p.name_any());
+                true
+            }
+            _ => false,
+        };
+        future::ready(changed.then_some(()))
+    });
 
     let node_ctx = ctx.clone();
     let node_triggers = node_changes.flat_map(move |(node, deleted)| {

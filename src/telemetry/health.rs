@@ -5,17 +5,49 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// `/healthz` fails once a watch has answered only errors for this long: the process is
+/// wedged (its cache goes stale while it believes it is current), and a restart re-lists.
+pub const WATCH_WEDGED_AFTER: Duration = Duration::from_secs(120);
 
 /// What the probes report.
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
+    /// Per watch: since when it has answered only errors (`None`: its last answer was good).
+    watches: Mutex<HashMap<&'static str, Option<Instant>>>,
 }
 
 impl Health {
+    /// A watch answered (`ok`) or failed.
+    pub fn watch_event(&self, watch: &'static str, ok: bool) {
+        let now = Instant::now();
+        let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        let since = watches.entry(watch).or_insert(None);
+        if ok {
+            *since = None;
+        } else if since.is_none() {
+            *since = Some(now);
+        }
+    }
+
+    /// The watches that have failed without a good answer for [`WATCH_WEDGED_AFTER`] at `now`.
+    pub fn wedged_at(&self, now: Instant) -> Vec<&'static str> {
+        let watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wedged: Vec<&'static str> = watches
+            .iter()
+            .filter(|(_, since)| since.is_some_and(|s| now.saturating_duration_since(s) >= WATCH_WEDGED_AFTER))
+            .map(|(name, _)| *name)
+            .collect();
+        wedged.sort();
+        wedged
+    }
+
     /// Marks the process ready (connected to the API server; leading or standing by).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
@@ -26,8 +58,18 @@ impl Health {
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+async fn healthz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
+    let wedged = health.wedged_at(Instant::now());
+    if wedged.is_empty() {
+        (StatusCode::OK, "ok".into())
+    } else {
+        let names = wedged.join(", ");
+        tracing::error!(watches = %names, "liveness failing: watches answer only errors");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("watches failing for over {WATCH_WEDGED_AFTER:?}: {names}"),
+        )
+    }
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
@@ -73,4 +115,24 @@ pub async fn serve(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_that_only_fails_for_long_enough_fails_liveness() {
+        let health = Health::default();
+        let t0 = Instant::now();
+        assert!(health.wedged_at(t0).is_empty());
+        health.watch_event("nodes", true);
+        health.watch_event("policies", false);
+        health.watch_event("policies", false);
+        let later = Instant::now() + WATCH_WEDGED_AFTER;
+        assert_eq!(health.wedged_at(later), vec!["policies"]);
+        assert!(health.wedged_at(t0).is_empty(), "not yet");
+        health.watch_event("policies", true);
+        assert!(health.wedged_at(later).is_empty(), "a good answer clears it");
+    }
 }

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,12 +51,31 @@ pub struct Metrics {
     modifications: Counter,
     policy_nodes: Family<PolicyStateLabels, Gauge>,
     leader: Gauge,
+    client_rate: Family<OperationLabels, Gauge<f64, AtomicU64>>,
+    held: Counter,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// The client rate limit and the held triggers (how the operator behaves under faults).
+fn register_fault_metrics(registry: &mut Registry) -> (Family<OperationLabels, Gauge<f64, AtomicU64>>, Counter) {
+    let client_rate = Family::<OperationLabels, Gauge<f64, AtomicU64>>::default();
+    registry.register(
+        "aws_client_rate_limit",
+        "The client-side rate limit of an AWS operation, calls per second (cut while AWS throttles, recovers on success)",
+        client_rate.clone(),
+    );
+    let held = Counter::default();
+    registry.register(
+        "reconciles_held",
+        "Triggers (node events, requeues) of a policy whose last reconcile failed as a whole, held until its backoff ends",
+        held.clone(),
+    );
+    (client_rate, held)
 }
 
 impl Metrics {
@@ -118,6 +138,7 @@ impl Metrics {
         );
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        let (client_rate, held) = register_fault_metrics(&mut registry);
         Metrics {
             registry,
             reconciles,
@@ -130,7 +151,23 @@ impl Metrics {
             modifications,
             policy_nodes,
             leader,
+            client_rate,
+            held,
         }
+    }
+
+    /// The current client-side rate limit of `operation`.
+    pub fn aws_client_rate(&self, operation: &str, per_second: f64) {
+        self.client_rate
+            .get_or_create(&OperationLabels {
+                operation: operation.to_string(),
+            })
+            .set(per_second);
+    }
+
+    /// A trigger that found its policy in backoff.
+    pub fn reconcile_held(&self) {
+        self.held.inc();
     }
 
     /// A finished reconcile: `error` is the category of the error it ended in, if any.
@@ -251,6 +288,8 @@ mod tests {
         m.aws_throttled("ModifyInstanceMetadataOptions");
         m.aws_retry("ModifyInstanceMetadataOptions");
         m.policy_counts("require-v2", &[("matched", 3), ("compliant", 2)]);
+        m.aws_client_rate("ModifyInstanceMetadataOptions", 1.5);
+        m.reconcile_held();
         let text = m.encode();
         for want in [
             "imds_operator_reconcile_total{result=\"success\"} 1",
@@ -261,6 +300,8 @@ mod tests {
             "imds_operator_aws_api_throttled_total{operation=\"ModifyInstanceMetadataOptions\"} 1",
             "imds_operator_aws_api_retries_total{operation=\"ModifyInstanceMetadataOptions\"} 1",
             "imds_operator_policy_nodes{policy=\"require-v2\",state=\"compliant\"} 2",
+            "imds_operator_aws_client_rate_limit{operation=\"ModifyInstanceMetadataOptions\"} 1.5",
+            "imds_operator_reconciles_held_total 1",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

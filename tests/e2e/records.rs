@@ -12,14 +12,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// A policy selecting `scenario=<scenario>` nodes; `extra` goes under `spec:`.
-fn scoped(name: &str, scenario: &str, options: &str, extra: &str) -> String {
+pub(crate) fn scoped(name: &str, scenario: &str, options: &str, extra: &str) -> String {
     format!(
         "apiVersion: imds-operator.io/v1alpha1\nkind: InstanceMetadataPolicy\nmetadata:\n  name: {name}\nspec:\n  nodeSelector: {{matchLabels: {{scenario: {scenario}}}}}\n  metadataOptions: {options}\n{NO_USAGE_GUARD}{extra}"
     )
 }
 
 const FAST_RESTORE: &str = "  rollout: {maxInFlight: \"100%\", settleSeconds: 0}\n  onDelete: Restore\n";
-const FAST_RETAIN: &str = "  rollout: {maxInFlight: \"100%\", settleSeconds: 0}\n";
+pub(crate) const FAST_RETAIN: &str = "  rollout: {maxInFlight: \"100%\", settleSeconds: 0}\n";
 
 fn delete(cluster: &Cluster, policy: &str) -> Result<()> {
     cluster.kubectl(&["delete", "imp", policy, "--timeout=90s"])?;
@@ -192,7 +192,7 @@ async fn records_cannot_be_forged_and_bad_ones_are_never_applied() -> Result<()>
 }
 
 /// The modify requests (not DryRun) the double received: instance and when.
-fn modifies(double: &Ec2Double) -> Vec<(String, Instant)> {
+pub(crate) fn modifies(double: &Ec2Double) -> Vec<(String, Instant)> {
     double
         .requests_for(MODIFY)
         .into_iter()
@@ -202,7 +202,7 @@ fn modifies(double: &Ec2Double) -> Vec<(String, Instant)> {
 }
 
 /// The most modify requests within any `window`.
-fn most_within(sent: &[(String, Instant)], window: Duration) -> usize {
+pub(crate) fn most_within(sent: &[(String, Instant)], window: Duration) -> usize {
     sent.iter()
         .map(|(_, start)| {
             sent.iter()
@@ -213,7 +213,7 @@ fn most_within(sent: &[(String, Instant)], window: Duration) -> usize {
         .unwrap_or(0)
 }
 
-async fn wait_for_modifies(double: &Ec2Double, at_least: usize) -> Result<()> {
+pub(crate) async fn wait_for_modifies(double: &Ec2Double, at_least: usize) -> Result<()> {
     eventually(&format!("{at_least} modifications"), CONVERGE, || async {
         let n = modifies(double).len();
         Ok(if n >= at_least { Ok(()) } else { Err(format!("{n}")) })
@@ -223,7 +223,7 @@ async fn wait_for_modifies(double: &Ec2Double, at_least: usize) -> Result<()> {
 
 /// `n` Ready nodes labelled `scenario`, named `<prefix><i>`, on double instances
 /// `i-<id_prefix><i:03x>` at the launch defaults; instance → node.
-async fn fleet(
+pub(crate) async fn fleet(
     cluster: &Cluster,
     double: &Ec2Double,
     n: u32,

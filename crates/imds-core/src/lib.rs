@@ -15,11 +15,13 @@
 //! - [`record`]: what the operator changed on an instance (originals, who, the last request).
 //! - [`restore`]: what an instance needs when its `Restore` policy is deleted.
 //! - [`status`]: node plans → the policy's status and kstatus conditions.
+//! - [`leader`]: leader-election decisions (client-go's rules) and the leader's write window.
 //! - `fixtures` (tests, or the `fixtures` feature): policy builders for tests.
 
 pub mod api;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod leader;
 pub mod node;
 pub mod observation;
 pub mod options;

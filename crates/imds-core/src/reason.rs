@@ -75,11 +75,17 @@ pub enum Reason {
     RecordNotWritten,
     /// Event: an instance carries the tag older versions recorded originals in; it is ignored.
     RecordTagIgnored,
+    /// `Ready`, `Stalled` and Event: this operator version cannot read the policy (a field or
+    /// value from a newer CRD); the policy is not enforced, the others go on.
+    SpecNotUnderstood,
+    /// Event: a reconcile of this policy panicked (a bug); it was contained and is retried
+    /// with a backoff, the other policies go on.
+    ReconcilePanicked,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 34] = [
+    pub const ALL: [Reason; 36] = [
         Reason::Compliant,
         Reason::NoNodesSelected,
         Reason::Drifted,
@@ -114,6 +120,8 @@ impl Reason {
         Reason::RecordInvalid,
         Reason::RecordNotWritten,
         Reason::RecordTagIgnored,
+        Reason::SpecNotUnderstood,
+        Reason::ReconcilePanicked,
     ];
 
     /// The CamelCase wording.
@@ -153,6 +161,8 @@ impl Reason {
             Reason::RecordInvalid => "RecordInvalid",
             Reason::RecordNotWritten => "RecordNotWritten",
             Reason::RecordTagIgnored => "RecordTagIgnored",
+            Reason::SpecNotUnderstood => "SpecNotUnderstood",
+            Reason::ReconcilePanicked => "ReconcilePanicked",
         }
     }
 

@@ -8,6 +8,8 @@
 //! - [`ec2_double`]: [`Ec2Double`], an EC2 Query-protocol double (see `docs/ec2-semantics.md`).
 //! - [`e2e`]: a cluster with the CRD installed, the operator binary, waiting for outcomes.
 //! - [`process`]: child processes that never outlive the test process.
+//! - [`tcp_proxy`]: [`TcpProxy`], a loopback TCP forwarder that can reset or hang its
+//!   connections (network partitions between the operator and the API server).
 //!
 //! The integration tests and examples of imds-operator use it as a dev-dependency. It depends on
 //! `imds-core` for the API types, never on `imds-operator` (which dev-depends on it).
@@ -21,10 +23,12 @@ pub mod e2e;
 pub mod ec2_double;
 pub mod moto;
 pub mod process;
+pub mod tcp_proxy;
 
 pub use control_plane::ControlPlane;
 pub use ec2_double::Ec2Double;
 pub use moto::Moto;
+pub use tcp_proxy::{ProxyMode, TcpProxy};
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, TcpListener};

@@ -79,6 +79,7 @@ impl ChildGuard {
         })
     }
 
+    /// The child's pid (also its process group id).
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -125,7 +126,19 @@ impl ChildGuard {
         self.stop_with_grace(STOP_GRACE)
     }
 
+    /// SIGTERM to the process group, up to `grace`, then SIGKILL; reaps the child. Idempotent.
     pub fn stop_with_grace(&mut self, grace: Duration) {
+        self.signal_and_reap(Some(grace))
+    }
+
+    /// SIGKILL to the process group at once, no SIGTERM first (a crash, an OOM kill: the child
+    /// gets no chance to shut down gracefully); reaps the child. Idempotent.
+    pub fn kill(&mut self) {
+        self.signal_and_reap(None)
+    }
+
+    /// SIGTERM and up to `grace` to exit (with `Some`), then SIGKILL; reaps the child.
+    fn signal_and_reap(&mut self, grace: Option<Duration>) {
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -133,14 +146,17 @@ impl ChildGuard {
             return; // already reaped: its pid (and so group id) may have been reused
         }
         let pgid = self.pid as libc::pid_t;
-        // SAFETY: plain syscalls on a process group we created and have not reaped yet.
-        unsafe { libc::kill(-pgid, libc::SIGTERM) };
-        let deadline = Instant::now() + grace;
-        while !exited_unreaped(self.pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        if let Some(grace) = grace {
+            // SAFETY: plain syscalls on a process group we created and have not reaped yet.
+            unsafe { libc::kill(-pgid, libc::SIGTERM) };
+            let deadline = Instant::now() + grace;
+            while !exited_unreaped(self.pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         // The leader is a zombie at most (not reaped yet), so the group id is still ours: this
         // kills whatever of the group is left, leader included if it ignored SIGTERM.
+        // SAFETY: as above.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
         self.exit = child.wait().ok();
     }

@@ -3,10 +3,17 @@
 //! service-account-token authentication and RBAC authorization. No controller-manager, scheduler
 //! or kubelet: objects are stored and served, nothing reconciles them (no pods run, namespaces are
 //! not finalized, no `default` service account is created).
+//!
+//! For fault tests, either process can be stopped and started again (`restart` has why and
+//! how): same arguments, ports, certificates and data, so existing clients and kubeconfigs keep
+//! working.
 
+mod etcd;
 mod kubeconfig;
 mod pki;
+mod restart;
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,9 +24,11 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+use self::etcd::EtcdConfig;
 use self::kubeconfig::{KubeconfigUser, write_kubeconfig};
 use self::pki::generate_pki;
 use crate::process::{ChildGuard, wait_ready};
+use crate::tcp_proxy::TcpProxy;
 
 /// Environment variable naming a directory with `kube-apiserver`, `etcd`, `kubectl`, `helm`.
 pub const BIN_DIR_ENV: &str = "IMDS_OPERATOR_BIN_DIR";
@@ -27,18 +36,26 @@ pub const BIN_DIR_ENV: &str = "IMDS_OPERATOR_BIN_DIR";
 const ETCD_TIMEOUT: Duration = Duration::from_secs(60);
 const APISERVER_TIMEOUT: Duration = Duration::from_secs(180);
 const PORT_RETRIES: usize = 3;
+/// A restarted process must get its old port back: how often it tries, and how long it waits
+/// between tries, while the port is still taken.
+const RESTART_PORT_RETRIES: usize = 10;
+const RESTART_PORT_WAIT: Duration = Duration::from_millis(500);
 const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const CONTEXT: &str = "imds-operator-test";
 
+/// A running etcd and kube-apiserver in a temp dir of their own. Dropping it stops both and
+/// removes the dir (see [`crate::keep_tmp`]).
 pub struct ControlPlane {
-    // Stopped in this order by Drop, then the dir is removed.
+    // Stopped in this order by Drop, then the dir is removed. `None` while stopped (see
+    // `restart`).
     apiserver: Option<ChildGuard>,
     etcd: Option<ChildGuard>,
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     bin_dir: PathBuf,
+    apiserver_port: u16,
     server_url: String,
-    etcd_url: String,
+    etcd_config: EtcdConfig,
     kubeconfig: PathBuf,
     startup: Duration,
 }
@@ -83,36 +100,39 @@ impl ControlPlane {
         std::fs::create_dir_all(&pki)?;
         generate_pki(&pki).context("generating certificates with openssl")?;
 
-        let (etcd, etcd_url) = start_etcd(&bin_dir, &path).await?;
+        let (etcd, etcd_config) = etcd::start_new(&bin_dir, &path).await?;
         let mut cp = ControlPlane {
             apiserver: None,
             etcd: Some(etcd),
             dir: Some(dir),
             path,
             bin_dir,
+            apiserver_port: 0,
             server_url: String::new(),
-            etcd_url,
+            etcd_config,
             kubeconfig: PathBuf::new(),
             startup: Duration::ZERO,
         };
         // From here on, an error drops `cp`, which stops etcd and removes the dir.
-        cp.start_apiserver().await?;
+        cp.start_apiserver_on_a_free_port().await?;
         cp.startup = started.elapsed();
         Ok(cp)
     }
 
-    async fn start_apiserver(&mut self) -> Result<()> {
+    /// Picks a port, writes the admin kubeconfig for it, starts kube-apiserver there; retries
+    /// with another port when it loses a race for one.
+    async fn start_apiserver_on_a_free_port(&mut self) -> Result<()> {
         let pki = self.path.join("pki");
-        let p = |f: &str| pki.join(f).display().to_string();
         let mut attempt = 0;
         loop {
             attempt += 1;
             let port = crate::free_port()?;
-            let server_url = format!("https://127.0.0.1:{port}");
-            let kubeconfig = self.path.join("kubeconfig");
+            self.apiserver_port = port;
+            self.server_url = format!("https://127.0.0.1:{port}");
+            self.kubeconfig = self.path.join("kubeconfig");
             write_kubeconfig(
-                &kubeconfig,
-                &server_url,
+                &self.kubeconfig,
+                &self.server_url,
                 &std::fs::read(pki.join("ca.crt"))?,
                 KubeconfigUser::ClientCert {
                     name: "admin",
@@ -120,56 +140,69 @@ impl ControlPlane {
                     key: &std::fs::read(pki.join("admin.key"))?,
                 },
             )?;
-
-            let mut cmd = Command::new(self.bin_dir.join("kube-apiserver"));
-            cmd.args([
-                format!("--etcd-servers={}", self.etcd_url),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={port}"),
-                format!("--cert-dir={}", self.path.join("apiserver-certs").display()),
-                format!("--tls-cert-file={}", p("apiserver.crt")),
-                format!("--tls-private-key-file={}", p("apiserver.key")),
-                format!("--client-ca-file={}", p("client-ca.crt")),
-                "--authorization-mode=RBAC".into(),
-                format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
-                format!("--service-account-key-file={}", p("sa.pub")),
-                format!("--service-account-signing-key-file={}", p("sa.key")),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                // Needs the `default` service account that only kube-controller-manager creates.
-                "--disable-admission-plugins=ServiceAccount".into(),
-                "--allow-privileged=true".into(),
-                "--profiling=false".into(),
-            ]);
-            let mut apiserver = ChildGuard::spawn("kube-apiserver", cmd, &self.path)?;
-
-            let probe = Probe {
-                http: self.probe_http()?,
-                kube: self.probe_client(&kubeconfig).await?,
-                readyz: format!("{server_url}/readyz"),
-            };
-            let ready = wait_ready(
-                &mut apiserver,
-                "ready (/readyz, default namespace)",
-                APISERVER_TIMEOUT,
-                Duration::from_millis(100),
-                || probe.ready(),
-            )
-            .await;
-            match ready {
-                Ok(()) => {
+            match self.run_apiserver().await {
+                Ok(apiserver) => {
                     self.apiserver = Some(apiserver);
-                    self.server_url = server_url;
-                    self.kubeconfig = kubeconfig;
                     return Ok(());
                 }
-                Err(e) if attempt < PORT_RETRIES && crate::is_port_conflict(&apiserver.log_tail(200)) => {
+                Err(e) if attempt < PORT_RETRIES && crate::is_port_conflict(&format!("{e:#}")) => {
                     eprintln!("kube-apiserver lost a race for port {port}, retrying: {e:#}");
-                    continue;
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Starts kube-apiserver on [`ControlPlane::apiserver_port`] and waits until it is ready.
+    async fn run_apiserver(&self) -> Result<ChildGuard> {
+        let mut apiserver = ChildGuard::spawn("kube-apiserver", self.apiserver_command(), &self.path)?;
+        let probe = self.probe().await?;
+        wait_ready(
+            &mut apiserver,
+            "ready (/readyz, default namespace)",
+            APISERVER_TIMEOUT,
+            Duration::from_millis(100),
+            || probe.ready(),
+        )
+        .await?;
+        Ok(apiserver)
+    }
+
+    /// kube-apiserver's command line: a function of the control plane's dir, ports and
+    /// certificates only, so that a restart runs the same command.
+    fn apiserver_command(&self) -> Command {
+        let pki = self.path.join("pki");
+        let p = |f: &str| pki.join(f).display().to_string();
+        let mut cmd = Command::new(self.bin_dir.join("kube-apiserver"));
+        cmd.args([
+            format!("--etcd-servers={}", self.etcd_config.client_url),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={}", self.apiserver_port),
+            format!("--cert-dir={}", self.path.join("apiserver-certs").display()),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("client-ca.crt")),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            // Needs the `default` service account that only kube-controller-manager creates.
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--allow-privileged=true".into(),
+            "--profiling=false".into(),
+        ]);
+        cmd
+    }
+
+    /// A readiness probe for the API server: `/readyz`, then a GET of the `default` namespace.
+    async fn probe(&self) -> Result<Probe> {
+        Ok(Probe {
+            http: self.probe_http()?,
+            kube: self.probe_client(&self.kubeconfig).await?,
+            readyz: format!("{}/readyz", self.server_url),
+        })
     }
 
     /// An HTTPS client for `/readyz`, as admin.
@@ -206,6 +239,22 @@ impl ControlPlane {
         &self.server_url
     }
 
+    /// `127.0.0.1:<port>`, where kube-apiserver listens (the same across restarts): the
+    /// upstream of a [`TcpProxy`] in front of it.
+    pub fn apiserver_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.apiserver_port))
+    }
+
+    /// Writes `<dir>/kubeconfig-via-<proxy port>`: the admin kubeconfig, talking to the API
+    /// server through `proxy` (which forwards to [`ControlPlane::apiserver_addr`]; the serving
+    /// certificate names 127.0.0.1, so TLS verification passes through the proxy). Returns its
+    /// path.
+    pub fn kubeconfig_via(&self, proxy: &TcpProxy) -> Result<PathBuf> {
+        let path = self.path.join(format!("kubeconfig-via-{}", proxy.addr().port()));
+        proxy.write_kubeconfig(&self.kubeconfig, &path)?;
+        Ok(path)
+    }
+
     /// The directory with kube-apiserver, etcd, kubectl and helm.
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
@@ -226,10 +275,12 @@ impl ControlPlane {
         self.startup
     }
 
+    /// kube-apiserver's pid; `None` while it is stopped.
     pub fn apiserver_pid(&self) -> Option<u32> {
         self.apiserver.as_ref().map(ChildGuard::pid)
     }
 
+    /// etcd's pid; `None` while it is stopped.
     pub fn etcd_pid(&self) -> Option<u32> {
         self.etcd.as_ref().map(ChildGuard::pid)
     }
@@ -372,58 +423,5 @@ impl Probe {
             .await
             .context("GET namespace default")?;
         Ok(())
-    }
-}
-
-async fn start_etcd(bin_dir: &Path, dir: &Path) -> Result<(ChildGuard, String)> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let ports = crate::free_ports(2)?;
-        let client_url = format!("http://127.0.0.1:{}", ports[0]);
-        let peer_url = format!("http://127.0.0.1:{}", ports[1]);
-        let data_dir = dir.join("etcd-data");
-        let _ = std::fs::remove_dir_all(&data_dir);
-        let mut cmd = Command::new(bin_dir.join("etcd"));
-        cmd.args([
-            "--name=default".to_string(),
-            format!("--data-dir={}", data_dir.display()),
-            format!("--listen-client-urls={client_url}"),
-            format!("--advertise-client-urls={client_url}"),
-            format!("--listen-peer-urls={peer_url}"),
-            format!("--initial-advertise-peer-urls={peer_url}"),
-            format!("--initial-cluster=default={peer_url}"),
-            "--initial-cluster-state=new".into(),
-            // Tests do not need durability; fsync dominates etcd's latency on slow disks.
-            "--unsafe-no-fsync".into(),
-            "--heartbeat-interval=50".into(),
-            "--election-timeout=250".into(),
-            "--log-level=warn".into(),
-        ]);
-        let mut etcd = ChildGuard::spawn("etcd", cmd, dir)?;
-        let health = format!("{client_url}/health");
-        let ready = wait_ready(
-            &mut etcd,
-            "healthy",
-            ETCD_TIMEOUT,
-            Duration::from_millis(50),
-            || async {
-                let body = http.get(&health).send().await?.text().await?;
-                anyhow::ensure!(body.contains(r#""health":"true""#), "{body}");
-                Ok(())
-            },
-        )
-        .await;
-        match ready {
-            Ok(()) => return Ok((etcd, client_url)),
-            Err(e) if attempt < PORT_RETRIES && crate::is_port_conflict(&etcd.log_tail(200)) => {
-                eprintln!("etcd lost a race for a port, retrying: {e:#}");
-            }
-            Err(e) => return Err(e),
-        }
     }
 }

@@ -4,7 +4,8 @@
 //! operator (see `docs/ec2-semantics.md`, "moto — known differences from EC2"): the `pending`
 //! apply state after a modify, `DryRun` on ModifyInstanceMetadataOptions, `UnauthorizedOperation`,
 //! `UnsupportedOperation`, EC2's refusal to enable instance metadata tags while a tag key is not
-//! valid for IMDS, `RequestLimitExceeded` throttling, and a log of every request. This double
+//! valid for IMDS, `RequestLimitExceeded` throttling, timed storms of 5xx errors, a black hole
+//! that answers nothing, and a log of every request with the access key that signed it. This double
 //! models exactly those, for four actions: DescribeInstances, ModifyInstanceMetadataOptions,
 //! CreateTags and DeleteTags (instances only). `docs/ec2-semantics.md` states each behaviour,
 //! its source, and the tests that rely on it.
@@ -29,10 +30,12 @@
 //! Layout: this module has the server, the routing, and the setup and inspection API; one
 //! submodule per action (`describe`: DescribeInstances, `modify`: ModifyInstanceMetadataOptions,
 //! `tags`: CreateTags and DeleteTags), each with the knobs that shape its answers; injected
-//! failures (throttling, denials, any error) in `faults`; the state the server and the test share
+//! failures (throttling, denials, any error, storms) in `faults`, the black hole and the
+//! connections it cuts in `black_hole`; the state the server and the test share
 //! in `state`; EC2's rules, the parameter parsing, the error answers and the XML in `rules`,
 //! `params`, `error` and `xml`.
 
+mod black_hole;
 mod describe;
 mod error;
 mod faults;
@@ -48,15 +51,16 @@ use std::future::IntoFuture;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::MutexGuard;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use imds_core::options::FullOptions;
 
+use self::black_hole::Connection;
 use self::error::{Answer, ApiError};
 use self::state::{Instance, Shared, SharedState, lock};
 
@@ -117,7 +121,10 @@ impl Ec2Double {
         let addr = listener.local_addr().expect("ec2 double: local address");
         let state = SharedState::default();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = Router::new().fallback(handle).with_state(state.clone());
+        let app = Router::new()
+            .fallback(handle)
+            .with_state(state.clone())
+            .into_make_service_with_connect_info::<Connection>();
         let thread = std::thread::Builder::new()
             .name(format!("ec2-double-{}", addr.port()))
             .spawn(move || {
@@ -130,7 +137,7 @@ impl Ec2Double {
                 };
                 runtime.block_on(async move {
                     let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
+                        Ok(listener) => black_hole::Listener(listener),
                         Err(e) => {
                             eprintln!("ec2 double: listener: {e}");
                             return;
@@ -166,6 +173,12 @@ impl Ec2Double {
     /// and 100 ms maximum backoff so that tests stay fast, and a retry partition of its own, so
     /// that throttling in one test does not drain the retry quota of another.
     pub async fn sdk_client(&self) -> aws_sdk_ec2::Client {
+        self.sdk_client_with_key(ACCESS_KEY_ID).await
+    }
+
+    /// [`Ec2Double::sdk_client`], signing with access key ID `access_key` (the double records
+    /// it in [`Recorded::access_key`]).
+    pub async fn sdk_client_with_key(&self, access_key: &str) -> aws_sdk_ec2::Client {
         use aws_sdk_ec2::config::retry::{RetryConfig, RetryPartition};
         use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
         let retry = RetryConfig::standard()
@@ -175,7 +188,7 @@ impl Ec2Double {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(REGION))
             .credentials_provider(Credentials::new(
-                ACCESS_KEY_ID,
+                access_key,
                 SECRET_ACCESS_KEY,
                 None,
                 None,
@@ -192,6 +205,18 @@ impl Ec2Double {
     /// should talk to the double.
     pub fn aws_env(&self) -> Vec<(String, String)> {
         crate::moto::endpoint_env(&self.endpoint())
+    }
+
+    /// [`Ec2Double::aws_env`] with `AWS_ACCESS_KEY_ID` set to `access_key`: start each operator
+    /// replica with its own key, and [`Ec2Double::requests_by_key`] tells which sent what.
+    pub fn aws_env_with_key(&self, access_key: &str) -> Vec<(String, String)> {
+        let mut env = self.aws_env();
+        for (name, value) in &mut env {
+            if name == "AWS_ACCESS_KEY_ID" {
+                *value = access_key.to_string();
+            }
+        }
+        env
     }
 
     fn shared(&self) -> MutexGuard<'_, Shared> {
@@ -262,6 +287,19 @@ impl Ec2Double {
             .collect()
     }
 
+    /// Every request so far by the access key that signed it (`""`: unsigned), each list in
+    /// arrival order.
+    pub fn requests_by_key(&self) -> BTreeMap<String, Vec<Recorded>> {
+        let mut by_key: BTreeMap<String, Vec<Recorded>> = BTreeMap::new();
+        for request in &self.shared().requests {
+            by_key
+                .entry(request.access_key.clone())
+                .or_default()
+                .push(request.clone());
+        }
+        by_key
+    }
+
     /// Forgets the request log.
     pub fn clear_requests(&self) {
         self.shared().requests.clear();
@@ -294,34 +332,20 @@ impl Drop for Ec2Double {
 // ---------------------------------------------------------------------------------------------
 
 /// The single handler: every path and method, the action chosen by the `Action` parameter.
-async fn handle(State(state): State<SharedState>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+async fn handle(
+    State(state): State<SharedState>,
+    ConnectInfo(connection): ConnectInfo<Connection>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
     let parsed = params::parse_form(query.as_deref().unwrap_or("").as_bytes()).and_then(|mut params| {
         params.extend(params::parse_form(&body)?);
         Ok(params)
     });
-    let mut shared = lock(&state);
-    shared.request_count += 1;
-    let request_id = format!("00000000-0000-4000-8000-{:012x}", shared.request_count);
-    let answer = match parsed {
-        Ok(params) => {
-            let action = params.get("Action").cloned().unwrap_or_default();
-            shared.requests.push(Recorded {
-                action: action.clone(),
-                params: params.clone(),
-                at: std::time::Instant::now(),
-            });
-            dispatch(&mut shared, &action, &params, &request_id)
-        }
-        Err(message) => {
-            shared.requests.push(Recorded {
-                action: String::new(),
-                params: BTreeMap::new(),
-                at: std::time::Instant::now(),
-            });
-            Err(ApiError::invalid(message))
-        }
+    let Some((request_id, answer)) = record_and_answer(&state, parsed, access_key(&headers)) else {
+        return black_hole::swallow(&state, &connection).await;
     };
-    drop(shared);
     let (status, body) = match answer {
         Ok(body) => (StatusCode::OK, body),
         Err(e) => (e.status, xml::error_xml(&e, &request_id)),
@@ -337,11 +361,65 @@ async fn handle(State(state): State<SharedState>, RawQuery(query): RawQuery, bod
         .into_response()
 }
 
-/// Routes one parsed request. Injected errors come first (a throttled call is refused before
-/// EC2 looks at it), then the action's own checks.
-fn dispatch(shared: &mut Shared, action: &str, params: &BTreeMap<String, String>, request_id: &str) -> Answer {
+/// Logs a request and answers it (request ID, answer), all under the lock; `None` when the
+/// black hole swallows it.
+fn record_and_answer(
+    state: &SharedState,
+    parsed: Result<BTreeMap<String, String>, String>,
+    access_key: String,
+) -> Option<(String, Answer)> {
+    let mut shared = lock(state);
+    shared.request_count += 1;
+    let request_id = format!("00000000-0000-4000-8000-{:012x}", shared.request_count);
+    let now = Instant::now();
+    let params = parsed.as_ref().cloned().unwrap_or_default();
+    let action = params.get("Action").cloned().unwrap_or_default();
+    shared.requests.push(Recorded {
+        action: action.clone(),
+        params,
+        at: now,
+        access_key,
+    });
+    if black_hole::swallows(&shared, now) {
+        return None;
+    }
+    let answer = match parsed {
+        Ok(params) => dispatch(&mut shared, &action, &params, &request_id, now),
+        Err(message) => Err(ApiError::invalid(message)),
+    };
+    Some((request_id, answer))
+}
+
+/// The access key ID of a SigV4 `Authorization` header
+/// (`AWS4-HMAC-SHA256 Credential=<AKID>/<date>/<region>/<service>/aws4_request, ...`); empty
+/// when there is none.
+fn access_key(headers: &HeaderMap) -> String {
+    let Some(authorization) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return String::new();
+    };
+    authorization
+        .split([' ', ','])
+        .find_map(|part| part.strip_prefix("Credential="))
+        .and_then(|credential| credential.split('/').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Routes one parsed request that arrived at `now`. Injected errors come first (a throttled call
+/// is refused before EC2 looks at it): a storm's, then the next queued one; then the action's own
+/// checks.
+fn dispatch(
+    shared: &mut Shared,
+    action: &str,
+    params: &BTreeMap<String, String>,
+    request_id: &str,
+    now: Instant,
+) -> Answer {
     if action.is_empty() {
         return Err(ApiError::missing("Action"));
+    }
+    if let Some(stormed) = faults::storm_error(shared, action, now) {
+        return Err(stormed);
     }
     if let Some(injected) = faults::take_injected(shared, action) {
         return Err(injected);

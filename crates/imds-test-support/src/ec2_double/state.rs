@@ -2,13 +2,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use imds_core::options::{Field, FullOptions};
 
 use super::InjectedError;
 use super::error::ApiError;
 
-/// One request the double received, in arrival order (failed and throttled ones included).
+/// One request the double received, in arrival order (failed, throttled, stormed and
+/// black-holed ones included).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recorded {
     /// The `Action` parameter (empty when the request could not be parsed).
@@ -16,7 +18,11 @@ pub struct Recorded {
     /// Every parameter, `Action` and `Version` included.
     pub params: BTreeMap<String, String>,
     /// When the double received it.
-    pub at: std::time::Instant,
+    pub at: Instant,
+    /// The access key ID the request was signed with: `<AKID>` of `Credential=<AKID>/...` in
+    /// its SigV4 `Authorization` header; empty when there is none. Tells apart clients (e.g.
+    /// operator replicas) started with different keys (see [`super::Ec2Double::aws_env_with_key`]).
+    pub access_key: String,
 }
 
 impl Recorded {
@@ -70,6 +76,14 @@ pub(super) struct Instance {
     pub(super) reservation_id: String,
 }
 
+/// Every call of `actions` (every action when empty) is answered with `error` until `until`.
+#[derive(Clone, Debug)]
+pub(super) struct Storm {
+    pub(super) actions: BTreeSet<String>,
+    pub(super) error: InjectedError,
+    pub(super) until: Instant,
+}
+
 /// Everything the server and the test share.
 #[derive(Debug, Default)]
 pub(super) struct Shared {
@@ -83,6 +97,10 @@ pub(super) struct Shared {
     pub(super) denied: BTreeSet<String>,
     /// Errors to answer the next calls of an action with, in order.
     pub(super) injected: HashMap<String, VecDeque<InjectedError>>,
+    /// Timed storms of errors, in the order they were started.
+    pub(super) storms: Vec<Storm>,
+    /// Until when requests are swallowed (see `black_hole`).
+    pub(super) black_hole_until: Option<Instant>,
     pub(super) requests: Vec<Recorded>,
     pub(super) request_count: u64,
     pub(super) reservation_count: u64,
