@@ -53,7 +53,8 @@ pub fn observed_from(response: Option<&InstanceMetadataOptionsResponse>) -> Obse
     ObservedOptions {
         values: MetadataOptions {
             http_tokens: r.http_tokens().and_then(|t| HttpTokens::from_ec2(t.as_str())),
-            http_put_response_hop_limit: r.http_put_response_hop_limit(),
+            // EC2 documents 1–64; anything else is unknown (a request never carries it).
+            http_put_response_hop_limit: r.http_put_response_hop_limit().filter(|h| (1..=64).contains(h)),
             http_endpoint: r.http_endpoint().and_then(|v| toggle(v.as_str())),
             http_protocol_ipv6: r.http_protocol_ipv6().and_then(|v| toggle(v.as_str())),
             instance_metadata_tags: r.instance_metadata_tags().and_then(|v| toggle(v.as_str())),
@@ -296,5 +297,12 @@ mod tests {
         assert_eq!(observed.values.http_tokens, Some(HttpTokens::Required));
         assert_eq!(observed.values.http_put_response_hop_limit, Some(2));
         assert_eq!(observed.values.http_protocol_ipv6, None, "not reported stays unknown");
+        for out_of_range in [0, -1, 65] {
+            let response = InstanceMetadataOptionsResponse::builder()
+                .http_put_response_hop_limit(out_of_range)
+                .build();
+            let hop = observed_from(Some(&response)).values.http_put_response_hop_limit;
+            assert_eq!(hop, None, "hop limit {out_of_range} is outside EC2's 1-64");
+        }
     }
 }

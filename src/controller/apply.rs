@@ -91,6 +91,14 @@ pub async fn apply(
         // Denied (or EC2 unreachable): nothing is sent; every planned instance reports it, so
         // the policy is Stalled (or Retrying), not "Applying".
         release(ctx, claimed.iter().map(|c| c.instance_id.as_str())).await;
+        // Those requests wait their backoff, so node events do not re-run the preflight.
+        {
+            let mut cache = ctx.cache.lock().await;
+            let now = tokio::time::Instant::now();
+            for c in &claimed {
+                cache.back_off(&c.instance_id, c.request, failure.clone(), now);
+            }
+        }
         for (_, id, _) in &wanted {
             applied.failures.insert(id.clone(), failure.clone());
         }

@@ -178,6 +178,21 @@ impl InstanceCache {
             .min()
     }
 
+    /// Ends the backoffs of `ids` (their policy changed: try again now).
+    pub fn end_backoffs<'a>(&mut self, ids: impl IntoIterator<Item = &'a String>) {
+        for id in ids {
+            self.backoffs.remove(id);
+            // A failed read is forgotten: the instance is read on the next pass.
+            if self
+                .entries
+                .get(id)
+                .is_some_and(|e| matches!(e.observation, Observation::Failed(_)))
+            {
+                self.entries.remove(id);
+            }
+        }
+    }
+
     /// A request was accepted: its backoff is over.
     pub fn succeeded(&mut self, id: &str) {
         self.backoffs.remove(id);

@@ -56,6 +56,7 @@ pub struct PolicyMemo {
     membership: Mutex<HashMap<String, BTreeSet<String>>>,
     backoff: Mutex<HashMap<(String, FailureKind), u32>>,
     holds: Mutex<HashMap<String, Hold>>,
+    triggers: Mutex<HashMap<String, u64>>,
     warnings: Mutex<HashMap<WarningKey, (Instant, u32)>>,
 }
 
@@ -122,6 +123,23 @@ impl PolicyMemo {
         attempts
     }
 
+    /// Whether the policy's own trigger ([`trigger_of`]) changed since the last call (true the
+    /// first time). A person who edits or annotates a policy wants it tried again now: the
+    /// caller then ends the backoffs of its instances and forgets its denied preflights.
+    pub fn trigger_changed(&self, policy: &str, trigger: u64) -> bool {
+        let Ok(mut triggers) = self.triggers.lock() else {
+            return true;
+        };
+        triggers.insert(policy.to_string(), trigger) != Some(trigger)
+    }
+
+    /// Forgets the denied preflights of a policy (all generations).
+    pub fn forget_denials(&self, policy: &str) {
+        if let Ok(mut d) = self.denied.lock() {
+            d.retain(|(name, _), _| name != policy);
+        }
+    }
+
     /// Holds the policy until `until`: triggers before then send nothing, unless the policy's
     /// own trigger ([`trigger_of`]) changed.
     pub fn hold(&self, policy: &str, trigger: u64, until: Instant) {
@@ -173,8 +191,9 @@ impl PolicyMemo {
         if let Ok(mut p) = self.preflight.lock() {
             p.retain(|(name, _)| name != policy);
         }
-        if let Ok(mut d) = self.denied.lock() {
-            d.retain(|(name, _), _| name != policy);
+        self.forget_denials(policy);
+        if let Ok(mut t) = self.triggers.lock() {
+            t.remove(policy);
         }
         self.release(policy);
         if let Ok(mut w) = self.warnings.lock() {
@@ -245,6 +264,9 @@ mod tests {
         assert_eq!(memo.held("q", 1, t0), None);
         memo.release("p");
         assert_eq!(memo.held("p", 1, t0), None);
+        assert!(memo.trigger_changed("p", 1), "first sight");
+        assert!(!memo.trigger_changed("p", 1));
+        assert!(memo.trigger_changed("p", 2));
     }
 
     #[test]

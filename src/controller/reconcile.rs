@@ -56,6 +56,11 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
     fault_hook::maybe_panic(&name);
     sync_finalizer(policy, ctx).await?;
     let observed = observe::observe(policy, ctx, false).await?;
+    if ctx.memo.trigger_changed(&name, trigger_of(policy)) {
+        // Edited or annotated (e.g. after fixing IAM): its instances are tried again now.
+        ctx.cache.lock().await.end_backoffs(&observed.instance_ids);
+        ctx.memo.forget_denials(&name);
+    }
     ctx.memo
         .record_membership(&name, observed.selected.iter().map(|n| n.name.clone()).collect());
     let tagged = observe::refresh(ctx, &observed.instance_ids, false).await;

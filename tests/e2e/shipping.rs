@@ -576,7 +576,7 @@ async fn operator_runs_as_the_charts_service_account_with_least_privilege() -> R
     // The records ConfigMaps: kubectl lists one row per resource name.
     let mut lease_rules = vec![
         row("leases.coordination.k8s.io", &[], &["create"]),
-        row("leases.coordination.k8s.io", &[&lease_name], &["get", "patch"]),
+        row("leases.coordination.k8s.io", &[&lease_name], &["get", "update"]),
         row("configmaps", &[], &["create"]),
     ];
     for i in 0..16 {

@@ -37,6 +37,27 @@ pub struct InvalidSelector {
 impl PolicyInput {
     /// Reduces a policy object.
     pub fn from_policy(policy: &InstanceMetadataPolicy) -> Result<PolicyInput, InvalidSelector> {
+        // The CRD's rule, for objects that never went through the API server (`report --policy`):
+        // In and NotIn need values, Exists and DoesNotExist take none.
+        for e in policy.spec.node_selector.match_expressions.iter().flatten() {
+            let has_values = e.values.as_ref().is_some_and(|v| !v.is_empty());
+            let needs_values = matches!(e.operator.as_str(), "In" | "NotIn");
+            if has_values != needs_values && matches!(e.operator.as_str(), "In" | "NotIn" | "Exists" | "DoesNotExist") {
+                return Err(InvalidSelector {
+                    name: policy.name_any(),
+                    message: format!(
+                        "matchExpressions key {:?}: operator {} {}",
+                        e.key,
+                        e.operator,
+                        if needs_values {
+                            "needs values"
+                        } else {
+                            "takes no values"
+                        }
+                    ),
+                });
+            }
+        }
         let selector = Selector::try_from(policy.spec.node_selector.clone()).map_err(|e| InvalidSelector {
             name: policy.name_any(),
             message: e.to_string(),
@@ -146,6 +167,35 @@ mod tests {
             value,
             owners: owners.iter().map(|s| s.to_string()).collect(),
             enforced,
+        }
+    }
+
+    #[test]
+    fn selectors_the_api_server_would_refuse_are_errors() {
+        let with = |operator: &str, values: Option<Vec<&str>>| {
+            let yaml = serde_json::json!({
+                "apiVersion": "imds-operator.io/v1alpha1",
+                "kind": "InstanceMetadataPolicy",
+                "metadata": {"name": "p"},
+                "spec": {
+                    "nodeSelector": {"matchExpressions": [{"key": "a", "operator": operator, "values": values}]},
+                    "metadataOptions": {},
+                },
+            });
+            let policy: InstanceMetadataPolicy = serde_json::from_value(yaml).expect("a policy");
+            PolicyInput::from_policy(&policy)
+        };
+        for (operator, values, ok) in [
+            ("In", Some(vec!["x"]), true),
+            ("In", Some(vec![]), false),
+            ("NotIn", None, false),
+            ("Exists", None, true),
+            ("Exists", Some(vec!["x"]), false),
+            ("DoesNotExist", Some(vec![]), true),
+            ("Near", Some(vec!["x"]), false),
+        ] {
+            let got = with(operator, values.clone());
+            assert_eq!(got.is_ok(), ok, "{operator} {values:?}: {:?}", got.err());
         }
     }
 
