@@ -116,6 +116,11 @@ impl Ec2 {
         self.modify_limit.available().await
     }
 
+    /// The current Modify rate, per second (cut while EC2 throttles).
+    pub async fn modify_rate(&self) -> f64 {
+        self.modify_limit.rate().await
+    }
+
     /// Counts the outcome and adapts `limiter`: throttling cuts its rate, other answers let it
     /// grow back; the current rate is a gauge.
     async fn record<T>(&self, operation: &str, limiter: &RateLimiter, result: &Result<T, AwsError>) {

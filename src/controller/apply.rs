@@ -5,6 +5,13 @@
 //! it changes and the request itself, so a crash right after sending loses nothing and the
 //! request counts toward `maxInFlight` until EC2's answer (or a describe) settles it. A request
 //! whose record cannot be written is not sent.
+//!
+//! A reconcile claims up to its budget (the rollout's, at most `--max-modifies-per-reconcile`)
+//! and sends in chunks of what the rate limiter lets out in about [`CHUNK_SECONDS`] (all the
+//! tokens available, at least): each chunk's records are written, its requests sent (paced by
+//! the limiter, so the operator sustains its configured rate), and its answers recorded and
+//! reported before the next chunk — so a crash loses at most one chunk's answers, which the next
+//! describe settles.
 
 use super::context::Context;
 use super::events::{PolicyEvent, publish, publish_repeating};
@@ -29,6 +36,10 @@ use std::sync::Mutex;
 
 /// Requests sent at once.
 const SEND_CONCURRENCY: usize = 4;
+/// A chunk is what the rate limiter lets out in about this long.
+const CHUNK_SECONDS: f64 = 5.0;
+/// Events published at once.
+const EVENT_CONCURRENCY: usize = 8;
 
 /// A modify request claimed for sending.
 pub struct Claimed {
@@ -79,9 +90,7 @@ pub async fn apply(
     if wanted.is_empty() {
         return applied;
     }
-    let budget = (ctx.clients.ec2.modify_tokens().await as usize)
-        .clamp(1, ctx.config.max_modifies_per_reconcile)
-        .min(allowed);
+    let budget = ctx.config.max_modifies_per_reconcile.min(allowed);
     let claimed = claim(ctx, &wanted, budget).await;
     applied.progress.deferred = wanted.len() - claimed.len();
     let Some(first) = claimed.first() else {
@@ -107,26 +116,63 @@ pub async fn apply(
     }
     let (claimed, invalid) = with_records(ctx, policy, observed, claimed).await;
     applied.failures.extend(invalid);
-    let (claimed, unrecorded) = write_ahead(ctx, policy, claimed).await;
-    applied.failures.extend(unrecorded);
-    let mut settled = Vec::new();
-    for (claim, result) in send(ctx, claimed).await {
-        settled.push((
-            claim.instance_id.clone(),
-            claim.before.clone(),
-            claim.record.clone(),
-            answer_of(&result),
-        ));
-        match result {
-            Ok(answer) => {
-                applied.progress.modified += 1;
-                record_modified(ctx, policy, claim, answer).await;
-            }
-            Err(err) => {
-                if let Some(failure) = record_failed(ctx, policy, &claim, err).await {
-                    applied.failures.insert(claim.instance_id, failure);
+    let mut queue = claimed.into_iter();
+    loop {
+        let size = chunk_size(ctx).await;
+        let chunk: Vec<Claimed> = queue.by_ref().take(size).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let (chunk, unrecorded) = write_ahead(ctx, policy, chunk).await;
+        applied.failures.extend(unrecorded);
+        send_and_settle(ctx, policy, chunk, &mut applied).await;
+    }
+    applied
+}
+
+/// How many requests the next chunk takes: every token available now, or what the current rate
+/// lets out in [`CHUNK_SECONDS`], whichever is more.
+async fn chunk_size(ctx: &Context) -> usize {
+    let tokens = ctx.clients.ec2.modify_tokens().await as usize;
+    let paced = (ctx.clients.ec2.modify_rate().await * CHUNK_SECONDS).ceil() as usize;
+    tokens.max(paced).max(SEND_CONCURRENCY)
+}
+
+/// Sends one chunk, then records EC2's answers in the cache and the records, publishes the
+/// events and releases the claims.
+async fn send_and_settle(ctx: &Context, policy: &InstanceMetadataPolicy, chunk: Vec<Claimed>, applied: &mut Applied) {
+    let results = send(ctx, chunk).await;
+    let settled: Vec<_> = results
+        .iter()
+        .map(|(claim, result)| {
+            (
+                claim.instance_id.clone(),
+                claim.before.clone(),
+                claim.record.clone(),
+                answer_of(result),
+            )
+        })
+        .collect();
+    let outcomes: Vec<(String, Option<Failure>, bool)> = futures::stream::iter(results)
+        .map(|(claim, result)| async move {
+            let id = claim.instance_id.clone();
+            match result {
+                Ok(answer) => {
+                    record_modified(ctx, policy, claim, answer).await;
+                    (id, None, true)
                 }
+                Err(err) => (id, record_failed(ctx, policy, &claim, err).await, false),
             }
+        })
+        .buffer_unordered(EVENT_CONCURRENCY)
+        .collect()
+        .await;
+    for (id, failure, modified) in outcomes {
+        if modified {
+            applied.progress.modified += 1;
+        }
+        if let Some(failure) = failure {
+            applied.failures.insert(id, failure);
         }
     }
     // Best effort: a failed write leaves the requests `Sent`, which holds their slots until a
@@ -140,7 +186,6 @@ pub async fn apply(
         })
         .await;
     release(ctx, ids.iter().map(String::as_str)).await;
-    applied
 }
 
 /// Claims up to `budget` instances. Another reconcile may have changed an instance since this

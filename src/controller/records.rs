@@ -56,7 +56,8 @@ pub struct Written {
 pub struct RecordStore {
     api: Api<ConfigMap>,
     prefix: String,
-    shards: Mutex<Vec<Shard>>,
+    /// One lock per shard: writes to different shards go out at once.
+    shards: Vec<Mutex<Shard>>,
 }
 
 impl RecordStore {
@@ -72,7 +73,7 @@ impl RecordStore {
         Ok(RecordStore {
             api,
             prefix: prefix.to_string(),
-            shards: Mutex::new(shards),
+            shards: shards.into_iter().map(Mutex::new).collect(),
         })
     }
 
@@ -81,16 +82,22 @@ impl RecordStore {
         &self,
         ids: impl IntoIterator<Item = &'a String>,
     ) -> HashMap<String, Result<InstanceRecord, InvalidRecord>> {
-        let shards = self.shards.lock().await;
-        ids.into_iter()
-            .map(|id| {
-                let record = match shards[shard_of(id)].entries.get(id) {
+        let mut by_shard: BTreeMap<usize, Vec<&String>> = BTreeMap::new();
+        for id in ids {
+            by_shard.entry(shard_of(id)).or_default().push(id);
+        }
+        let mut out = HashMap::new();
+        for (index, ids) in by_shard {
+            let shard = self.shards[index].lock().await;
+            for id in ids {
+                let record = match shard.entries.get(id) {
                     Some(text) => InstanceRecord::parse(id, text),
                     None => Ok(InstanceRecord::default()),
                 };
-                (id.clone(), record)
-            })
-            .collect()
+                out.insert(id.clone(), record);
+            }
+        }
+        out
     }
 
     /// The valid records of `ids` (an invalid one is reported where it would be used).
@@ -117,13 +124,11 @@ impl RecordStore {
         for (id, record) in updates {
             by_shard.entry(shard_of(&id)).or_default().push((id, record));
         }
-        let mut shards = self.shards.lock().await;
-        let mut written = Written::default();
-        for (index, updates) in by_shard {
-            let result = self.write_shard(&mut shards[index], index, &|_| updates.clone()).await;
-            self.note(&mut written, index, result);
-        }
-        written
+        let writes = by_shard.into_iter().map(|(index, updates)| async move {
+            let mut shard = self.shards[index].lock().await;
+            (index, self.write_shard(&mut shard, index, &|_| updates.clone()).await)
+        });
+        self.collect(futures::future::join_all(writes).await)
     }
 
     /// Changes the records of `ids` atomically with respect to every other read and write of
@@ -139,9 +144,8 @@ impl RecordStore {
         for id in ids {
             by_shard.entry(shard_of(id)).or_default().push(id);
         }
-        let mut shards = self.shards.lock().await;
-        let mut written = Written::default();
-        for (index, ids) in by_shard {
+        let change = &change;
+        let writes = by_shard.into_iter().map(|(index, ids)| async move {
             let compute = |shard: &Shard| -> Vec<(String, InstanceRecord)> {
                 ids.iter()
                     .filter_map(|id| {
@@ -154,7 +158,16 @@ impl RecordStore {
                     })
                     .collect()
             };
-            let result = self.write_shard(&mut shards[index], index, &compute).await;
+            let mut shard = self.shards[index].lock().await;
+            (index, self.write_shard(&mut shard, index, &compute).await)
+        });
+        self.collect(futures::future::join_all(writes).await)
+    }
+
+    /// The instances written by every shard's write, and the last error.
+    fn collect(&self, results: Vec<(usize, Result<Vec<String>, kube::Error>)>) -> Written {
+        let mut written = Written::default();
+        for (index, result) in results {
             self.note(&mut written, index, result);
         }
         written

@@ -9,9 +9,9 @@ use super::node_changes::NodeChanges;
 use super::policy_writes::report_undecodable;
 use super::reconcile::{error_policy, reconcile};
 use crate::telemetry::health::Health;
-use futures::{Stream, StreamExt, future};
+use futures::{Stream, StreamExt, TryStreamExt, future};
 use imds_core::api::InstanceMetadataPolicy;
-use imds_core::node;
+use imds_core::node::{self, SlimNode};
 use imds_core::selection::PolicyInput;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -23,17 +23,26 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Nodes per page of the initial list (and of every re-list): the body of one page is what the
+/// operator holds at once (an EKS Node is ~13 kB of JSON).
+const NODE_PAGE_SIZE: u32 = 100;
+
 /// The Node reflector: a stripped store and the stream of Nodes whose relevant parts changed
-/// (or that were deleted). The stream must be polled for the store to fill.
+/// (or that were deleted). The stream must be polled for the store to fill. Nodes are read as
+/// [`SlimNode`]s (only what the store keeps is parsed into memory) in pages: a list with the
+/// default semantic is paginated, while `resourceVersion=0` ("any") would be served whole from
+/// the watch cache.
 pub fn node_reflector(
     client: kube::Client,
     health: Arc<Health>,
 ) -> (Store<Node>, impl Stream<Item = (Node, bool)> + Send + 'static) {
     let (reader, writer) = reflector::store();
-    let api: Api<Node> = Api::all(client);
+    let api: Api<SlimNode> = Api::all(client);
     let mut changes = NodeChanges::default();
-    let stream = watcher(api, watcher::Config::default().any_semantic())
+    let config = watcher::Config::default().page_size(NODE_PAGE_SIZE);
+    let stream = watcher(api, config)
         .default_backoff()
+        .map_ok(unslim)
         .modify(node::strip)
         .reflect(writer)
         .flat_map(move |event| {
@@ -48,6 +57,17 @@ pub fn node_reflector(
             futures::stream::iter(changed)
         });
     (reader, stream)
+}
+
+/// A watch event of slim Nodes as one of Nodes.
+fn unslim(event: watcher::Event<SlimNode>) -> watcher::Event<Node> {
+    match event {
+        watcher::Event::Apply(n) => watcher::Event::Apply(n.0),
+        watcher::Event::Delete(n) => watcher::Event::Delete(n.0),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(n) => watcher::Event::InitApply(n.0),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
 }
 
 /// The policies a changed node concerns: those selecting it now and those that selected it.
@@ -118,6 +138,10 @@ fn policy_watch(
         })
 }
 
+/// Triggers of one policy within this window run one reconcile: a burst of node events (a node
+/// group scaling up) coalesces, and a single new node waits no longer than this.
+const TRIGGER_DEBOUNCE: Duration = Duration::from_millis(100);
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     ctx_builder: impl FnOnce(Stores) -> Arc<Context>,
@@ -165,7 +189,7 @@ pub async fn run(
 
     let config = ControllerRuntimeConfig::default()
         .concurrency(ctx.config.concurrency)
-        .debounce(Duration::from_millis(500));
+        .debounce(TRIGGER_DEBOUNCE);
     Controller::for_stream(primary, policy_reader)
         .with_config(config)
         .reconcile_on(node_triggers)
