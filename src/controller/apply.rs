@@ -7,7 +7,7 @@
 //! whose record cannot be written is not sent.
 //!
 //! A reconcile claims up to its budget (the rollout's, at most `--max-modifies-per-reconcile`)
-//! and sends in chunks of what the rate limiter lets out in about [`CHUNK_SECONDS`] (all the
+//! and sends in chunks of what the rate limiter lets out in about 5 s (all the
 //! tokens available, at least): each chunk's records are written, its requests sent (paced by
 //! the limiter, so the operator sustains its configured rate), and its answers recorded and
 //! reported before the next chunk — so a crash loses at most one chunk's answers, which the next
@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 /// Requests sent at once.
-const SEND_CONCURRENCY: usize = 4;
+const SEND_CONCURRENCY: usize = 16;
 /// A chunk is what the rate limiter lets out in about this long.
 const CHUNK_SECONDS: f64 = 5.0;
 /// Events published at once.
