@@ -107,6 +107,11 @@ fn assert_once_each(double: &Ec2Double, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// One operator, no leader election, a long resync (nothing but the test's triggers).
+async fn solo(cluster: &Cluster, env: &[(String, String)]) -> Result<Operator> {
+    Operator::start(cluster, env, &["--leader-election=false", "--resync-period=10m"]).await
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
@@ -322,12 +327,7 @@ async fn a_throttle_storm_with_flapping_labels_decays_and_converges_after() -> R
     let cluster = Cluster::start().await?;
     let double = Ec2Double::start().await;
     let nodes = fleet(&cluster, &double, 10, "00000000000014", "t", "storm").await?;
-    let operator = Operator::start(
-        &cluster,
-        &double.aws_env(),
-        &["--leader-election=false", "--resync-period=10m"],
-    )
-    .await?;
+    let operator = solo(&cluster, &double.aws_env()).await?;
     let storm = Duration::from_secs(60);
     let begun = Instant::now();
     double.storm(&[], InjectedError::request_limit_exceeded(), storm);
@@ -381,12 +381,7 @@ async fn a_5xx_storm_and_a_black_holed_ec2_are_retried_with_bounded_calls() -> R
     let cluster = Cluster::start().await?;
     let double = Ec2Double::start().await;
     let nodes = fleet(&cluster, &double, 5, "00000000000015", "x", "fivexx").await?;
-    let _operator = Operator::start(
-        &cluster,
-        &double.aws_env(),
-        &["--leader-election=false", "--resync-period=10m"],
-    )
-    .await?;
+    let _operator = solo(&cluster, &double.aws_env()).await?;
 
     // 5xx for 20s from the start: status says Retrying meanwhile.
     let storm = Duration::from_secs(20);
@@ -438,7 +433,7 @@ async fn a_panicking_reconcile_is_contained_and_reported() -> Result<()> {
     fleet(&cluster, &double, 2, "00000000000017", "b", "boom").await?;
     let mut env = double.aws_env();
     env.push(("IMDS_OPERATOR_FAULT_PANIC_POLICY".into(), "boom".into()));
-    let mut operator = Operator::start(&cluster, &env, &["--leader-election=false", "--resync-period=10m"]).await?;
+    let mut operator = solo(&cluster, &env).await?;
     cluster.apply(&scoped("boom", "boom", "{httpTokens: required}", FAST_RETAIN))?;
     cluster.apply(&scoped("fine", "fine", "{httpTokens: required}", FAST_RETAIN))?;
     wait_all_required(&double, &ids_of(&fine), CONVERGE).await?;
@@ -504,12 +499,7 @@ async fn a_policy_this_version_cannot_read_stops_no_other() -> Result<()> {
     })
     .await?;
     cluster.apply(&scoped("good", "good", "{httpTokens: required}", FAST_RETAIN))?;
-    let _operator = Operator::start(
-        &cluster,
-        &double.aws_env(),
-        &["--leader-election=false", "--resync-period=10m"],
-    )
-    .await?;
+    let _operator = solo(&cluster, &double.aws_env()).await?;
     wait_all_required(&double, &ids_of(&good), CONVERGE).await?;
     // Read untyped: this test's typed client cannot read the policy either.
     let jsonpath =
