@@ -53,6 +53,7 @@ struct IamPolicyArgs {
 }
 
 fn main() -> ExitCode {
+    imds_operator::telemetry::memory::limit_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => match crd::yaml() {

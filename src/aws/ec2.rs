@@ -6,6 +6,7 @@ use super::error::{AwsError, AwsErrorKind, Service, from_sdk};
 use super::fence::WriteFence;
 use super::ratelimit::RateLimiter;
 use crate::telemetry::metrics::Metrics;
+use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::types::{
     Filter, HttpTokensState, InstanceMetadataEndpointState, InstanceMetadataOptionsResponse,
     InstanceMetadataOptionsState, InstanceMetadataProtocolState, InstanceMetadataTagsState, InstanceStateName,
@@ -266,6 +267,12 @@ impl Ec2 {
             .dry_run(dry_run)
             .customize()
             .interceptor(self.fence.clone())
+            // One attempt: a throttled write waits for the (cut) client rate and the next
+            // reconcile, not for the SDK's immediate retries (each another throttled call in a
+            // shared account); a failed one is retried by the controller's backoff.
+            .config_override(
+                aws_sdk_ec2::config::Config::builder().retry_config(RetryConfig::standard().with_max_attempts(1)),
+            )
             .send()
             .await
             .map_err(|e| from_sdk(Service::Ec2, OPERATION, e));

@@ -77,8 +77,12 @@ impl Bucket {
 
 /// The AWS SDKs' adaptive rate (CUBIC, as in `aws-smithy-runtime`'s `ClientRateLimiter` and
 /// the SDK reference guide's "adaptive" retry mode): on throttling the rate drops to `BETA` times
-/// the rate it had, then grows back along `SCALE × (t − K)³ + W` (W the rate before the cut,
-/// `K = ∛(W(1−BETA)/SCALE)`), never above the configured rate nor below a floor.
+/// the rate it had, then grows back along `C × (t − K)³ + W` (W the rate before the cut), never
+/// above the configured rate nor below a floor. Unlike the SDKs (a fixed C = 0.4, back at W after
+/// about a second), the recovery is slow on purpose: C is chosen so that the rate is back at W
+/// after [`AdaptiveRate::RECOVERY`] (`C = W(1−BETA)/K³`). Operators of several clusters share one
+/// account's bucket; with a quick recovery they all climb back at once and are throttled again
+/// and again (measured: 30% of their calls throttled with three of them).
 #[derive(Clone, Debug)]
 pub struct AdaptiveRate {
     full: f64,
@@ -91,8 +95,8 @@ pub struct AdaptiveRate {
 impl AdaptiveRate {
     /// The SDKs' multiplicative decrease.
     pub const BETA: f64 = 0.7;
-    /// The SDKs' cubic scale constant.
-    pub const SCALE: f64 = 0.4;
+    /// How long the rate takes to grow back to where it was cut from.
+    pub const RECOVERY: Duration = Duration::from_secs(10);
     /// The lowest rate, per second: one call every 20 s.
     pub const FLOOR: f64 = 0.05;
 
@@ -131,9 +135,10 @@ impl AdaptiveRate {
         let Some(cut) = self.last_cut else {
             return self.rate;
         };
-        let k = (self.before_cut * (1.0 - AdaptiveRate::BETA) / AdaptiveRate::SCALE).cbrt();
+        let k = AdaptiveRate::RECOVERY.as_secs_f64();
+        let scale = self.before_cut * (1.0 - AdaptiveRate::BETA) / k.powi(3);
         let t = now.saturating_duration_since(cut).as_secs_f64();
-        let cubic = AdaptiveRate::SCALE * (t - k).powi(3) + self.before_cut;
+        let cubic = scale * (t - k).powi(3) + self.before_cut;
         self.rate = cubic.clamp(self.rate, self.full);
         if self.rate >= self.full {
             self.last_cut = None;
@@ -239,14 +244,16 @@ mod tests {
         assert_eq!(rate.succeeded(t0), 5.0, "no cut yet: stays");
         assert!((rate.throttled(t0) - 3.5).abs() < 1e-9);
         assert!((rate.throttled(t0) - 2.45).abs() < 1e-9, "cuts compound");
-        // The curve starts at the cut rate and is flat near it: barely up 10 ms later.
-        let soon = rate.succeeded(at(10));
+        // The curve starts at the cut rate: barely up 100 ms later, about halfway after 2 s
+        // (the cubic's steep start), back at the rate before the last cut after 10 s, then above.
+        let soon = rate.succeeded(at(100));
         assert!((2.45..2.5).contains(&soon), "{soon}");
-        // K = ∛(3.5 × 0.3 / 0.4) ≈ 1.38 s: back at the rate before the last cut, then above.
-        let k = rate.succeeded(at(1380));
+        let two = rate.succeeded(at(2000));
+        assert!((2.9..3.3).contains(&two), "{two}");
+        let k = rate.succeeded(at(10_000));
         assert!((k - 3.5).abs() < 0.01, "{k}");
-        assert!(rate.succeeded(at(3000)) > 3.5);
-        assert_eq!(rate.succeeded(at(10_000)), 5.0, "never above the configured rate");
+        assert!(rate.succeeded(at(20_000)) > 3.5);
+        assert_eq!(rate.succeeded(at(60_000)), 5.0, "never above the configured rate");
         for _ in 0..200 {
             rate.throttled(t0);
         }

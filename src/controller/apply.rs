@@ -130,6 +130,18 @@ pub async fn apply(
     applied
 }
 
+/// What became of one sent request.
+enum Sent {
+    /// EC2 accepted it.
+    Modified,
+    /// Throttled: sent again at the next reconcile, paced by the (cut) rate.
+    Deferred,
+    /// Refused or failed: reported on the node.
+    Failed(Failure),
+    /// The instance is gone.
+    Gone,
+}
+
 /// How many requests the next chunk takes: every token available now, or what the current rate
 /// lets out in [`CHUNK_SECONDS`], whichever is more.
 async fn chunk_size(ctx: &Context) -> usize {
@@ -153,26 +165,35 @@ async fn send_and_settle(ctx: &Context, policy: &InstanceMetadataPolicy, chunk: 
             )
         })
         .collect();
-    let outcomes: Vec<(String, Option<Failure>, bool)> = futures::stream::iter(results)
+    let outcomes: Vec<(String, Sent)> = futures::stream::iter(results)
         .map(|(claim, result)| async move {
             let id = claim.instance_id.clone();
-            match result {
+            let sent = match result {
                 Ok(answer) => {
                     record_modified(ctx, policy, claim, answer).await;
-                    (id, None, true)
+                    Sent::Modified
                 }
-                Err(err) => (id, record_failed(ctx, policy, &claim, err).await, false),
-            }
+                // Throttling is the account's, not the instance's: the limiter has cut its rate;
+                // the request waits its turn (a short requeue), not an instance backoff.
+                Err(err) if err.is_throttling() => Sent::Deferred,
+                Err(err) => match record_failed(ctx, policy, &claim, err).await {
+                    Some(failure) => Sent::Failed(failure),
+                    None => Sent::Gone,
+                },
+            };
+            (id, sent)
         })
         .buffer_unordered(EVENT_CONCURRENCY)
         .collect()
         .await;
-    for (id, failure, modified) in outcomes {
-        if modified {
-            applied.progress.modified += 1;
-        }
-        if let Some(failure) = failure {
-            applied.failures.insert(id, failure);
+    for (id, sent) in outcomes {
+        match sent {
+            Sent::Modified => applied.progress.modified += 1,
+            Sent::Deferred => applied.progress.deferred += 1,
+            Sent::Failed(failure) => {
+                applied.failures.insert(id, failure);
+            }
+            Sent::Gone => {}
         }
     }
     // Best effort: a failed write leaves the requests `Sent`, which holds their slots until a

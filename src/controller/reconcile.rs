@@ -41,6 +41,7 @@ pub async fn reconcile(policy: Arc<InstanceMetadataPolicy>, ctx: Arc<Context>) -
     }
     let category = result.as_ref().err().map(|e| e.category().as_str());
     ctx.metrics.reconciled(category, started.elapsed());
+    crate::telemetry::memory::release_free_memory_every(std::time::Duration::from_secs(10));
     result
 }
 

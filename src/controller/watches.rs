@@ -9,6 +9,7 @@ use super::node_changes::NodeChanges;
 use super::policy_writes::report_undecodable;
 use super::reconcile::{error_policy, reconcile};
 use crate::telemetry::health::Health;
+use crate::telemetry::memory;
 use futures::{Stream, StreamExt, TryStreamExt, future};
 use imds_core::api::InstanceMetadataPolicy;
 use imds_core::node::{self, SlimNode};
@@ -47,6 +48,10 @@ pub fn node_reflector(
         .reflect(writer)
         .flat_map(move |event| {
             health.watch_event("nodes", event.is_ok());
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                // The pages of a (re-)list are freed; give the memory back.
+                memory::release_free_memory();
+            }
             let changed = match event {
                 Ok(event) => changes.on_event(event),
                 Err(err) => {
@@ -140,7 +145,7 @@ fn policy_watch(
 
 /// Triggers of one policy within this window run one reconcile: a burst of node events (a node
 /// group scaling up) coalesces, and a single new node waits no longer than this.
-const TRIGGER_DEBOUNCE: Duration = Duration::from_millis(100);
+const TRIGGER_DEBOUNCE: Duration = Duration::from_millis(30);
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(

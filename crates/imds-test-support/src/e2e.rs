@@ -269,6 +269,11 @@ impl Operator {
         Ok(http.get(&self.metrics_url).send().await?.text().await?)
     }
 
+    /// The operator's pid (for `/proc` readings, see [`crate::procstat`]).
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     pub fn ensure_running(&mut self) -> Result<()> {
         self.child.ensure_running()
     }

@@ -7,7 +7,9 @@
 //! - [`moto`]: [`Moto`], a moto server for the EC2 and CloudWatch APIs.
 //! - [`ec2_double`]: [`Ec2Double`], an EC2 Query-protocol double (see `docs/ec2-semantics.md`).
 //! - [`e2e`]: a cluster with the CRD installed, the operator binary, waiting for outcomes.
+//! - [`nodes`]: realistic EKS worker Nodes ([`nodes::EksFleet`]) and their bulk creation.
 //! - [`process`]: child processes that never outlive the test process.
+//! - [`procstat`]: a process's memory and CPU time from `/proc` (for the benchmarks).
 //! - [`tcp_proxy`]: [`TcpProxy`], a loopback TCP forwarder that can reset or hang its
 //!   connections (network partitions between the operator and the API server).
 //!
@@ -22,7 +24,9 @@ pub mod control_plane;
 pub mod e2e;
 pub mod ec2_double;
 pub mod moto;
+pub mod nodes;
 pub mod process;
+pub mod procstat;
 pub mod tcp_proxy;
 
 pub use control_plane::ControlPlane;

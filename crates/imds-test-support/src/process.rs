@@ -110,6 +110,16 @@ impl ChildGuard {
         }
     }
 
+    /// The child's exit status once it has exited (it is reaped then), `None` while it runs.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        if self.exit.is_none()
+            && let Some(child) = self.child.as_mut()
+        {
+            self.exit = child.try_wait()?;
+        }
+        Ok(self.exit)
+    }
+
     /// An error about this child, carrying its log tail.
     pub fn error(&self, message: impl std::fmt::Display) -> anyhow::Error {
         anyhow!(

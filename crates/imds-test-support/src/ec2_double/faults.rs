@@ -3,7 +3,7 @@
 //! errors (see `docs/ec2-semantics.md`, "Throttling", "Errors the double returns" and "Faults
 //! in time"). The black hole, which answers nothing at all, is in `black_hole`.
 //!
-//! The double has no token buckets of its own: a test decides exactly which calls are throttled.
+//! These come on top of the token buckets (`buckets`), which are off unless a test sets them.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -55,7 +55,7 @@ impl InjectedError {
         }
     }
 
-    fn api_error(&self) -> ApiError {
+    pub(super) fn api_error(&self) -> ApiError {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         ApiError::new(status, &self.code, self.message.clone())
     }

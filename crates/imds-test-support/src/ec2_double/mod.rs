@@ -4,15 +4,17 @@
 //! operator (see `docs/ec2-semantics.md`, "moto — known differences from EC2"): the `pending`
 //! apply state after a modify, `DryRun` on ModifyInstanceMetadataOptions, `UnauthorizedOperation`,
 //! `UnsupportedOperation`, EC2's refusal to enable instance metadata tags while a tag key is not
-//! valid for IMDS, `RequestLimitExceeded` throttling, timed storms of 5xx errors, a black hole
-//! that answers nothing, and a log of every request with the access key that signed it. This double
-//! models exactly those, for four actions: DescribeInstances, ModifyInstanceMetadataOptions,
-//! CreateTags and DeleteTags (instances only). `docs/ec2-semantics.md` states each behaviour,
-//! its source, and the tests that rely on it.
+//! valid for IMDS, `RequestLimitExceeded` throttling (injected, or from EC2's token buckets per
+//! account), per-call latency, timed storms of 5xx errors, a black hole that answers nothing, and
+//! a log of every request with the access key that signed it, with call counters per action and
+//! key. This double models exactly those, for four actions: DescribeInstances,
+//! ModifyInstanceMetadataOptions, CreateTags and DeleteTags (instances only).
+//! `docs/ec2-semantics.md` states each behaviour, its source, and the tests that rely on it.
 //!
 //! It is an HTTP server on `127.0.0.1:<ephemeral port>` that runs on its own thread with its own
-//! Tokio runtime, so it keeps answering while a test blocks (e.g. waiting for a child process),
-//! whatever runtime flavour the test uses. Point an SDK client at it with
+//! Tokio runtime (two worker threads; every connection is a task of its own, so many requests
+//! are answered at once), so it keeps answering while a test blocks (e.g. waiting for a child
+//! process), whatever runtime flavour the test uses. Point an SDK client at it with
 //! [`Ec2Double::sdk_client`], or a child process (the operator binary) with
 //! [`Ec2Double::aws_env`], which sets `AWS_ENDPOINT_URL`.
 //!
@@ -31,11 +33,13 @@
 //! submodule per action (`describe`: DescribeInstances, `modify`: ModifyInstanceMetadataOptions,
 //! `tags`: CreateTags and DeleteTags), each with the knobs that shape its answers; injected
 //! failures (throttling, denials, any error, storms) in `faults`, the black hole and the
-//! connections it cuts in `black_hole`; the state the server and the test share
+//! connections it cuts in `black_hole`; EC2's token buckets, latency and call counters in
+//! `buckets`; the state the server and the test share
 //! in `state`; EC2's rules, the parameter parsing, the error answers and the XML in `rules`,
 //! `params`, `error` and `xml`.
 
 mod black_hole;
+mod buckets;
 mod describe;
 mod error;
 mod faults;
@@ -64,6 +68,9 @@ use self::black_hole::Connection;
 use self::error::{Answer, ApiError};
 use self::state::{Instance, Shared, SharedState, lock};
 
+pub use self::buckets::{
+    ALL_ACTIONS, BUCKET_MUTATING, BUCKET_NON_MUTATING, BUCKET_TAGGING, BUCKET_UNFILTERED, CallCounts, Latency,
+};
 pub use self::faults::InjectedError;
 pub use self::state::{InstanceState, Recorded};
 
@@ -128,7 +135,12 @@ impl Ec2Double {
         let thread = std::thread::Builder::new()
             .name(format!("ec2-double-{}", addr.port()))
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name(format!("ec2-double-{}-worker", addr.port()))
+                    .enable_all()
+                    .build();
+                let runtime = match runtime {
                     Ok(runtime) => runtime,
                     Err(e) => {
                         eprintln!("ec2 double: no runtime: {e}");
@@ -300,6 +312,21 @@ impl Ec2Double {
         by_key
     }
 
+    /// The first request for which `matches` holds, in arrival order (the log is not copied).
+    pub fn find_request(&self, matches: impl Fn(&Recorded) -> bool) -> Option<Recorded> {
+        self.shared().requests.iter().find(|r| matches(r)).cloned()
+    }
+
+    /// How many instances (ID, current options) `matches`.
+    pub fn count_instances(&self, matches: impl Fn(&str, &FullOptions) -> bool) -> usize {
+        let shared = self.shared();
+        shared
+            .instances
+            .iter()
+            .filter(|(id, i)| matches(id, &i.options))
+            .count()
+    }
+
     /// Forgets the request log.
     pub fn clear_requests(&self) {
         self.shared().requests.clear();
@@ -343,9 +370,13 @@ async fn handle(
         params.extend(params::parse_form(&body)?);
         Ok(params)
     });
-    let Some((request_id, answer)) = record_and_answer(&state, parsed, access_key(&headers)) else {
+    let Some((request_id, answer, delay)) = record_and_answer(&state, parsed, access_key(&headers)) else {
         return black_hole::swallow(&state, &connection).await;
     };
+    if !delay.is_zero() {
+        // The lock is not held here: other requests are answered meanwhile.
+        tokio::time::sleep(delay).await;
+    }
     let (status, body) = match answer {
         Ok(body) => (StatusCode::OK, body),
         Err(e) => (e.status, xml::error_xml(&e, &request_id)),
@@ -361,33 +392,41 @@ async fn handle(
         .into_response()
 }
 
-/// Logs a request and answers it (request ID, answer), all under the lock; `None` when the
-/// black hole swallows it.
+/// Logs a request, counts it and answers it (request ID, answer, how long the answer waits), all
+/// under the lock; `None` when the black hole swallows it.
 fn record_and_answer(
     state: &SharedState,
     parsed: Result<BTreeMap<String, String>, String>,
     access_key: String,
-) -> Option<(String, Answer)> {
+) -> Option<(String, Answer, Duration)> {
     let mut shared = lock(state);
     shared.request_count += 1;
     let request_id = format!("00000000-0000-4000-8000-{:012x}", shared.request_count);
     let now = Instant::now();
     let params = parsed.as_ref().cloned().unwrap_or_default();
     let action = params.get("Action").cloned().unwrap_or_default();
+    if black_hole::swallows(&shared, now) {
+        shared.requests.push(Recorded {
+            action,
+            params,
+            at: now,
+            access_key,
+        });
+        return None;
+    }
+    let answer = match &parsed {
+        Ok(params) => dispatch(&mut shared, &action, params, &request_id, now),
+        Err(message) => Err(ApiError::invalid(message.clone())),
+    };
+    let error = answer.as_ref().err().map(|e| e.code.as_str());
+    let delay = buckets::count_and_delay(&mut shared.metering, &access_key, &action, error);
     shared.requests.push(Recorded {
-        action: action.clone(),
+        action,
         params,
         at: now,
         access_key,
     });
-    if black_hole::swallows(&shared, now) {
-        return None;
-    }
-    let answer = match parsed {
-        Ok(params) => dispatch(&mut shared, &action, &params, &request_id, now),
-        Err(message) => Err(ApiError::invalid(message)),
-    };
-    Some((request_id, answer))
+    Some((request_id, answer, delay))
 }
 
 /// The access key ID of a SigV4 `Authorization` header
@@ -406,8 +445,8 @@ fn access_key(headers: &HeaderMap) -> String {
 }
 
 /// Routes one parsed request that arrived at `now`. Injected errors come first (a throttled call
-/// is refused before EC2 looks at it): a storm's, then the next queued one; then the action's own
-/// checks.
+/// is refused before EC2 looks at it): a storm's, then the next queued one, then an empty token
+/// bucket; then the action's own checks.
 fn dispatch(
     shared: &mut Shared,
     action: &str,
@@ -424,6 +463,7 @@ fn dispatch(
     if let Some(injected) = faults::take_injected(shared, action) {
         return Err(injected);
     }
+    buckets::take_token(&mut shared.metering, action, params, now)?;
     match action {
         DESCRIBE => describe::describe_instances(shared, params, request_id),
         MODIFY => modify::modify_options(shared, params, request_id),

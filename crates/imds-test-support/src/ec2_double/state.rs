@@ -7,6 +7,7 @@ use std::time::Instant;
 use imds_core::options::{Field, FullOptions};
 
 use super::InjectedError;
+use super::buckets::Metering;
 use super::error::ApiError;
 
 /// One request the double received, in arrival order (failed, throttled, stormed and
@@ -102,6 +103,8 @@ pub(super) struct Shared {
     /// Until when requests are swallowed (see `black_hole`).
     pub(super) black_hole_until: Option<Instant>,
     pub(super) requests: Vec<Recorded>,
+    /// Token buckets, latency and call counters (see `buckets`).
+    pub(super) metering: Metering,
     pub(super) request_count: u64,
     pub(super) reservation_count: u64,
 }

@@ -1,0 +1,92 @@
+//! P2 — a quiet steady state. N compliant nodes, the operator with a short resync period: over
+//! one resync in steady state, DescribeInstances calls against ⌈N/200⌉, Modify calls (0), and
+//! the operator's CPU time (utime + stime from /proc/<pid>/stat).
+//!
+//! One resync is measured from the end of one burst of DescribeInstances to the end of the
+//! next (a burst ends when no call came for [`QUIET`]), after a first resync has passed.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use imds_test_support::Ec2Double;
+use imds_test_support::e2e::Operator;
+use imds_test_support::ec2_double::{DESCRIBE, MODIFY};
+use imds_test_support::nodes::EksFleet;
+use imds_test_support::procstat;
+
+use crate::common::{
+    Report, account_double, add_instances, apply_policy, cluster_with_nodes, compliant, env_or, ratio, show_ratio,
+    size, start_operator, wait_compliant,
+};
+
+/// No DescribeInstances for this long ends a burst.
+const QUIET: Duration = Duration::from_secs(2);
+
+/// A point between two resyncs.
+struct Mark {
+    at: Instant,
+    describes: u64,
+    modifies: u64,
+    cpu: Duration,
+}
+
+/// Waits for the next burst of DescribeInstances to start and end (at most `timeout`), and marks
+/// its end.
+async fn next_burst_end(double: &Ec2Double, operator: &mut Operator, timeout: Duration) -> Result<Mark> {
+    let started = Instant::now();
+    let before = double.counter(DESCRIBE).calls;
+    let mut last = (before, Instant::now());
+    loop {
+        operator.ensure_running()?;
+        let now = double.counter(DESCRIBE).calls;
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if now > before && last.1.elapsed() >= QUIET {
+            return Ok(Mark {
+                at: Instant::now(),
+                describes: now,
+                modifies: double.counter(MODIFY).calls,
+                cpu: procstat::cpu_time(operator.pid())?,
+            });
+        }
+        if started.elapsed() > timeout {
+            bail!("no burst of DescribeInstances ended within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs P2 on `IMDS_BENCH_P2_NODES` (default 5000) nodes with `IMDS_BENCH_P2_RESYNC` (default
+/// 20s).
+pub async fn run(report: &mut Report) -> Result<()> {
+    let n = size("IMDS_BENCH_P2_NODES", 5000)?;
+    let resync = env_or("IMDS_BENCH_P2_RESYNC", "20s");
+    let period = humantime::parse_duration(&resync)?;
+    let fleet = EksFleet::new("p2");
+    let double = account_double(true)?;
+    add_instances(&double, &fleet, 0..n, compliant());
+    let cluster = cluster_with_nodes(&fleet, n).await?;
+    apply_policy(&cluster).await?;
+    let mut operator = start_operator(&cluster, &double, "operator", &[&format!("--resync-period={resync}")]).await?;
+    let converged = wait_compliant(&cluster, n, Duration::from_secs(300)).await?;
+    eprintln!("  [p2] {n} nodes compliant after {:.1}s", converged.as_secs_f64());
+    let timeout = period * 3 + Duration::from_secs(30);
+    // The first resync after convergence, then one whole resync between two burst ends.
+    next_burst_end(&double, &mut operator, timeout).await?;
+    let a = next_burst_end(&double, &mut operator, timeout).await?;
+    let b = next_burst_end(&double, &mut operator, timeout).await?;
+    let describes = b.describes - a.describes;
+    let modifies = b.modifies - a.modifies;
+    let cpu = b.cpu.saturating_sub(a.cpu);
+    let bound = n.div_ceil(200);
+    let throttled = double.counter(DESCRIBE).throttled;
+    report.line(format!(
+        "P2 N={n} resync {:.1}s describe {describes} bound {bound} ratio {} modify {modifies} cpu {:.0}ms target 100ms ratio {} describe-throttled {throttled} (target ≤⌈N/200⌉, 0, ≤100ms)",
+        b.at.duration_since(a.at).as_secs_f64(),
+        show_ratio(ratio(describes as f64, bound as f64)),
+        cpu.as_secs_f64() * 1e3,
+        show_ratio(ratio(cpu.as_secs_f64(), 0.1)),
+    ));
+    operator.stop(Duration::from_secs(5));
+    Ok(())
+}
