@@ -13,6 +13,14 @@ export IMDS_OPERATOR_BIN_DIR="$bin_dir"
 echo "==> setting up moto (cached after the first run)"
 moto_server=$(bash hack/setup-moto.sh | tail -n 1)
 export IMDS_OPERATOR_MOTO_SERVER="$moto_server"
+# Further test tooling (image tools, registry, promtool, Lua, ...): each hack/setup.d/*.sh is
+# sourced in order; it installs or builds what its tests need (cached) and exports the paths.
+for setup_script in hack/setup.d/*.sh; do
+  [ -e "$setup_script" ] || continue
+  echo "==> $setup_script"
+  # shellcheck source=/dev/null
+  source "$setup_script"
+done
 setup=$(date +%s)
 echo "==> setup took $((setup - start))s"
 
