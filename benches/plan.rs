@@ -3,6 +3,7 @@
 //! whether the work grows linearly). Run: `cargo bench --bench plan`.
 
 use imds_core::api::{HttpTokens, MetadataOptions, PolicyMode, Toggle};
+use imds_core::labels::Labels;
 use imds_core::observation::{NodeInput, Observation};
 use imds_core::options::{ApplyState, ObservedOptions};
 use imds_core::plan::{self, PlanInput};
@@ -37,10 +38,10 @@ fn cluster(nodes: usize) -> (Vec<NodeInput>, HashMap<String, Observation>) {
         let id = format!("i-{i:017x}");
         list.push(NodeInput {
             name: format!("ip-10-0-{}-{}.ec2.internal", i / 250, i % 250),
-            labels: BTreeMap::from([
+            labels: Labels::from(&BTreeMap::from([
                 ("pool".to_string(), format!("pool-{}", i % 10)),
                 ("topology.kubernetes.io/zone".to_string(), "us-east-1a".to_string()),
-            ]),
+            ])),
             provider_id: Some(format!("aws:///us-east-1a/{id}")),
         });
         let tokens = if i % 3 == 0 {

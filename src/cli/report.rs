@@ -8,7 +8,7 @@ use crate::aws::ec2::{Described, Ec2, RateLimits};
 use crate::telemetry::metrics::Metrics;
 use anyhow::Context as _;
 use imds_core::api::InstanceMetadataPolicy;
-use imds_core::node;
+use imds_core::node::NodeFacts;
 use imds_core::observation::{Failure, NodeInput, Observation};
 use imds_core::options::{Field, FullOptions, ObservedOptions};
 use imds_core::plan::guards::GuardFacts;
@@ -250,7 +250,11 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<bool> {
         .list(&ListParams::default())
         .await
         .context("listing nodes")?;
-    let nodes: Vec<NodeInput> = node_list.items.iter().map(node::to_input).collect();
+    let nodes: Vec<NodeInput> = node_list
+        .items
+        .iter()
+        .map(|n| NodeFacts::of_node(n).to_input())
+        .collect();
     let ids: Vec<String> = nodes
         .iter()
         .filter_map(|n| provider_id::parse(n.provider_id.as_deref()).ok())
@@ -368,7 +372,7 @@ mod tests {
     fn node(name: &str, id: Option<&str>) -> NodeInput {
         NodeInput {
             name: name.into(),
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             provider_id: id.map(|i| format!("aws:///us-east-1a/{i}")),
         }
     }
@@ -451,7 +455,7 @@ mod tests {
         let mut only_pool = policy("pool", 0, PolicyMode::Enforce, tokens(HttpTokens::Required));
         only_pool.selector = [("pool", "a")].into_iter().collect();
         let mut selected = node("in-pool", Some(A));
-        selected.labels.insert("pool".into(), "a".into());
+        selected.labels.insert("pool", "a");
         let obs: HashMap<String, Observation> = [(A.to_string(), found(HttpTokens::Required, 1))].into();
         let report = report_for(vec![only_pool], vec![selected, node("elsewhere", Some(B))], obs);
         assert!(report.compliant);

@@ -3,12 +3,12 @@
 
 use super::cache::InstanceCache;
 use super::memo::PolicyMemo;
+use super::node_store::NodeStore;
 use super::records::RecordStore;
 use crate::aws::cloudwatch::UsageReader;
 use crate::aws::ec2::Ec2;
 use crate::telemetry::metrics::Metrics;
 use imds_core::api::InstanceMetadataPolicy;
-use k8s_openapi::api::core::v1::Node;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use std::sync::Arc;
@@ -40,8 +40,8 @@ pub struct Clients {
 
 /// The reflector stores.
 pub struct Stores {
-    /// Stripped Nodes.
-    pub nodes: Store<Node>,
+    /// What is kept of each Node.
+    pub nodes: NodeStore,
     /// Policies.
     pub policies: Store<InstanceMetadataPolicy>,
 }

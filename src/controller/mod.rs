@@ -2,7 +2,7 @@
 //! observe → plan → apply → write status ([`reconcile`]), or cleanup for a policy being deleted.
 //!
 //! - [`watches`]: the policy and Node watches and what triggers which policy.
-//! - [`node_changes`]: Node watch events → the changes that matter.
+//! - [`node_store`]: what is kept of each Node, from its watch, and the changes that matter.
 //! - [`decode`]: policies decoded one by one, so one a version cannot read stops no other.
 //! - [`context`]: clients, stores, cache, memory and tunables every reconcile shares.
 //! - [`cache`]: what is known of instances between reconciles.
@@ -28,7 +28,7 @@ pub mod error;
 pub mod events;
 pub mod fault_hook;
 pub mod memo;
-pub mod node_changes;
+pub mod node_store;
 pub mod observe;
 pub mod policy_writes;
 pub mod preflight;

@@ -5,7 +5,6 @@ use super::context::Context;
 use super::error::ReconcileError;
 use crate::aws::ec2::ORIGINAL_OPTIONS_TAG;
 use imds_core::api::InstanceMetadataPolicy;
-use imds_core::node;
 use imds_core::observation::{Failure, NodeInput, Observation};
 use imds_core::options::ObservedOptions;
 use imds_core::plan::guards::{GuardFacts, parse_lookback};
@@ -14,7 +13,7 @@ use imds_core::provider_id;
 use imds_core::record::{self, ChangeState, InstanceRecord};
 use imds_core::selection::PolicyInput;
 use k8s_openapi::jiff::Timestamp;
-use kube::{Resource, ResourceExt};
+use kube::Resource;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -43,9 +42,8 @@ pub async fn observe(
     ctx: &Context,
     exclude_self: bool,
 ) -> Result<Observed, ReconcileError> {
-    tokio::time::timeout(NODE_STORE_WAIT, ctx.stores.nodes.wait_until_ready())
+    tokio::time::timeout(NODE_STORE_WAIT, ctx.stores.nodes.wait_until_listed())
         .await
-        .map_err(|_| ReconcileError::NodeStoreNotReady)?
         .map_err(|_| ReconcileError::NodeStoreNotReady)?;
     let me = PolicyInput::from_policy(policy)?;
     let mut policies: Vec<PolicyInput> = ctx
@@ -64,12 +62,11 @@ pub async fn observe(
     let selected: Vec<NodeInput> = ctx
         .stores
         .nodes
-        .state()
+        .nodes_where(|n| me.selects(&n.labels))
         .iter()
-        .filter(|n| me.selects(n.labels()))
         .map(|n| {
-            readiness.insert(n.name_any(), node::readiness(n));
-            node::to_input(n)
+            readiness.insert(n.name.to_string(), n.ready);
+            n.to_input()
         })
         .collect();
     let instance_ids = selected

@@ -5,19 +5,18 @@
 use super::context::{Context, Stores};
 use super::decode::PolicyDecoder;
 use super::memo::trigger_of;
-use super::node_changes::NodeChanges;
+use super::node_store::{NodeChange, NodeStore, NodeStoreWriter};
 use super::policy_writes::report_undecodable;
 use super::reconcile::{error_policy, reconcile};
 use crate::telemetry::health::Health;
 use crate::telemetry::memory;
-use futures::{Stream, StreamExt, TryStreamExt, future};
+use futures::{Stream, StreamExt, future};
 use imds_core::api::InstanceMetadataPolicy;
-use imds_core::node::{self, SlimNode};
+use imds_core::node::{NodeFacts, SlimNode};
 use imds_core::selection::PolicyInput;
-use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::{Config as ControllerRuntimeConfig, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use std::collections::{HashMap, HashSet};
@@ -28,65 +27,49 @@ use std::time::Duration;
 /// operator holds at once (an EKS Node is ~13 kB of JSON).
 const NODE_PAGE_SIZE: u32 = 100;
 
-/// The Node reflector: a stripped store and the stream of Nodes whose relevant parts changed
-/// (or that were deleted). The stream must be polled for the store to fill. Nodes are read as
-/// [`SlimNode`]s (only what the store keeps is parsed into memory) in pages: a list with the
-/// default semantic is paginated, while `resourceVersion=0` ("any") would be served whole from
-/// the watch cache.
-pub fn node_reflector(
+/// The Node store and the stream of the changes that matter (a node whose labels, providerID
+/// or readiness changed, or that was deleted). The stream must be polled for the store to fill.
+/// Nodes are read as [`SlimNode`]s (only what the store keeps is parsed into memory) in pages: a
+/// list with the default semantic is paginated, while `resourceVersion=0` ("any") would be
+/// served whole from the watch cache.
+pub fn node_watch(
     client: kube::Client,
     health: Arc<Health>,
-) -> (Store<Node>, impl Stream<Item = (Node, bool)> + Send + 'static) {
-    let (reader, writer) = reflector::store();
+) -> (NodeStore, impl Stream<Item = NodeChange> + Send + 'static) {
+    let store = NodeStore::default();
+    let mut writer = NodeStoreWriter::new(store.clone());
     let api: Api<SlimNode> = Api::all(client);
-    let mut changes = NodeChanges::default();
     let config = watcher::Config::default().page_size(NODE_PAGE_SIZE);
-    let stream = watcher(api, config)
-        .default_backoff()
-        .map_ok(unslim)
-        .modify(node::strip)
-        .reflect(writer)
-        .flat_map(move |event| {
-            health.watch_event("nodes", event.is_ok());
-            if matches!(event, Ok(watcher::Event::InitDone)) {
-                // The pages of a (re-)list are freed; give the memory back.
-                memory::release_free_memory();
+    let stream = watcher(api, config).default_backoff().flat_map(move |event| {
+        health.watch_event("nodes", event.is_ok());
+        let listed = matches!(event, Ok(watcher::Event::InitDone));
+        let changed = match event {
+            Ok(event) => writer.on_event(event),
+            Err(err) => {
+                tracing::warn!(error = %err, "node watch error");
+                Vec::new()
             }
-            let changed = match event {
-                Ok(event) => changes.on_event(event),
-                Err(err) => {
-                    tracing::warn!(error = %err, "node watch error");
-                    Vec::new()
-                }
-            };
-            futures::stream::iter(changed)
-        });
-    (reader, stream)
-}
-
-/// A watch event of slim Nodes as one of Nodes.
-fn unslim(event: watcher::Event<SlimNode>) -> watcher::Event<Node> {
-    match event {
-        watcher::Event::Apply(n) => watcher::Event::Apply(n.0),
-        watcher::Event::Delete(n) => watcher::Event::Delete(n.0),
-        watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitApply(n) => watcher::Event::InitApply(n.0),
-        watcher::Event::InitDone => watcher::Event::InitDone,
-    }
+        };
+        if listed {
+            // The pages of a (re-)list and the store it replaced are freed; give the memory back.
+            memory::release_free_memory();
+        }
+        futures::stream::iter(changed)
+    });
+    (store, stream)
 }
 
 /// The policies a changed node concerns: those selecting it now and those that selected it.
-fn policies_for_node(ctx: &Context, node: &Node) -> Vec<ObjectRef<InstanceMetadataPolicy>> {
-    let labels = node.labels();
+fn policies_for_node(ctx: &Context, node: &NodeFacts) -> Vec<ObjectRef<InstanceMetadataPolicy>> {
     let mut names: Vec<String> = ctx
         .stores
         .policies
         .state()
         .iter()
-        .filter(|p| PolicyInput::from_policy(p).is_ok_and(|p| p.selects(labels)))
+        .filter(|p| PolicyInput::from_policy(p).is_ok_and(|p| p.selects(&node.labels)))
         .map(|p| p.name_any())
         .collect();
-    names.extend(ctx.memo.policies_that_selected(&node.name_any()));
+    names.extend(ctx.memo.policies_that_selected(&node.name));
     names.sort();
     names.dedup();
     names.into_iter().map(|n| ObjectRef::new(&n)).collect()
@@ -99,9 +82,8 @@ fn policy_trigger_hash(policy: &InstanceMetadataPolicy) -> Option<u64> {
 }
 
 /// Drops the cached observation of a deleted node's instance.
-fn forget_instance(ctx: &Arc<Context>, node: &Node) {
-    let provider_id = node.spec.as_ref().and_then(|s| s.provider_id.clone());
-    if let Ok(instance) = imds_core::provider_id::parse(provider_id.as_deref()) {
+fn forget_instance(ctx: &Arc<Context>, node: &NodeFacts) {
+    if let Ok(instance) = imds_core::provider_id::parse(node.provider_id.as_deref()) {
         let ctx = ctx.clone();
         tokio::spawn(async move { ctx.cache.lock().await.forget(&instance.instance_id) });
     }
@@ -155,7 +137,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (policy_reader, policy_writer) = reflector::store();
-    let (node_reader, node_changes) = node_reflector(client.clone(), health.clone());
+    let (node_reader, node_changes) = node_watch(client.clone(), health.clone());
     let ctx = ctx_builder(Stores {
         nodes: node_reader,
         policies: policy_reader.clone(),
@@ -185,11 +167,11 @@ pub async fn run(
     });
 
     let node_ctx = ctx.clone();
-    let node_triggers = node_changes.flat_map(move |(node, deleted)| {
-        if deleted {
-            forget_instance(&node_ctx, &node);
+    let node_triggers = node_changes.flat_map(move |change| {
+        if change.gone {
+            forget_instance(&node_ctx, &change.node);
         }
-        futures::stream::iter(policies_for_node(&node_ctx, &node))
+        futures::stream::iter(policies_for_node(&node_ctx, &change.node))
     });
 
     let config = ControllerRuntimeConfig::default()

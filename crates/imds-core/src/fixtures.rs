@@ -4,7 +4,6 @@
 use crate::api::{GuardMode, Guards, HttpTokens, Imdsv1UsageGuard, MetadataOptions, PolicyMode};
 use crate::selection::PolicyInput;
 use k8s_openapi::api::core::v1::Node;
-use kube_core::Selector;
 
 /// A policy selecting every node, with the IMDSv1-usage guard off.
 pub fn policy(name: &str, priority: i32, mode: PolicyMode, options: MetadataOptions) -> PolicyInput {
@@ -13,7 +12,7 @@ pub fn policy(name: &str, priority: i32, mode: PolicyMode, options: MetadataOpti
         priority,
         mode,
         options,
-        selector: Selector::default(),
+        selector: Default::default(),
         guards: Guards {
             imdsv1_usage: Imdsv1UsageGuard {
                 mode: GuardMode::Off,

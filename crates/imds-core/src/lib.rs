@@ -6,6 +6,7 @@
 //! - [`reason`]: every reason written to status and Events.
 //! - [`options`]: the five metadata options, EC2's launch defaults, the original-options record.
 //! - [`provider_id`]: Node `spec.providerID` → EC2 instance.
+//! - [`labels`]: node labels kept interned and shared, and the selectors that match them.
 //! - [`node`]: what the operator keeps of a Node.
 //! - [`observation`]: what observe hands to planning (nodes, instances, classified failures).
 //! - [`selection`]: which policies select a node and which one decides each option.
@@ -21,6 +22,7 @@
 pub mod api;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod labels;
 pub mod leader;
 pub mod node;
 pub mod observation;

@@ -1,9 +1,10 @@
 //! What the observe step hands to planning: nodes reduced to what decisions read, what EC2
 //! said of each instance, and failures classified by how they are handled.
 
+use crate::labels::Labels;
 use crate::options::{FullOptions, ObservedOptions};
 use crate::reason::Reason;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// A Node, reduced to what the decisions need.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -11,7 +12,7 @@ pub struct NodeInput {
     /// `metadata.name`.
     pub name: String,
     /// `metadata.labels`.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// `spec.providerID`.
     pub provider_id: Option<String>,
 }

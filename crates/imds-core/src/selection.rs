@@ -2,9 +2,10 @@
 //! Pure: no IO, and the result never depends on the order the policies are given in.
 
 use crate::api::{Guards, InstanceMetadataPolicy, MetadataOptions, PolicyMode};
+use crate::labels::{LabelLookup, NodeSelector};
 use crate::options::{Field, OptionValue};
 use kube_core::ResourceExt;
-use kube_core::{Selector, SelectorExt};
+use kube_core::Selector;
 use std::collections::BTreeMap;
 
 /// A policy, reduced to what the decisions need.
@@ -19,7 +20,7 @@ pub struct PolicyInput {
     /// `spec.metadataOptions`.
     pub options: MetadataOptions,
     /// `spec.nodeSelector`, parsed.
-    pub selector: Selector,
+    pub selector: NodeSelector,
     /// `spec.guards`.
     pub guards: Guards,
 }
@@ -58,10 +59,12 @@ impl PolicyInput {
                 });
             }
         }
-        let selector = Selector::try_from(policy.spec.node_selector.clone()).map_err(|e| InvalidSelector {
-            name: policy.name_any(),
-            message: e.to_string(),
-        })?;
+        let selector = Selector::try_from(policy.spec.node_selector.clone())
+            .map_err(|e| InvalidSelector {
+                name: policy.name_any(),
+                message: e.to_string(),
+            })?
+            .into();
         Ok(PolicyInput {
             name: policy.name_any(),
             priority: policy.spec.priority,
@@ -73,7 +76,7 @@ impl PolicyInput {
     }
 
     /// Whether this policy selects a node with these labels.
-    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub fn selects(&self, labels: &impl LabelLookup) -> bool {
         self.selector.matches(labels)
     }
 }

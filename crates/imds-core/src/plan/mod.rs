@@ -315,7 +315,7 @@ pub(crate) mod tests {
     fn node(name: &str, provider_id: Option<&str>) -> NodeInput {
         NodeInput {
             name: name.into(),
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             provider_id: provider_id.map(String::from),
         }
     }
@@ -568,9 +568,9 @@ pub(crate) mod tests {
         p.selector = [("pool", "a")].into_iter().collect();
         let policies = vec![p];
         let mut a2 = node("b-node", None);
-        a2.labels.insert("pool".into(), "a".into());
+        a2.labels.insert("pool", "a");
         let mut a1 = node("a-node", None);
-        a1.labels.insert("pool".into(), "a".into());
+        a1.labels.insert("pool", "a");
         let other = node("c-node", None);
         let observations = HashMap::new();
         let refusals = HashMap::new();
