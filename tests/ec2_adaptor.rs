@@ -117,7 +117,10 @@ async fn moto_describe_450_instances_in_batches_of_200() -> Result<()> {
     let started = Instant::now();
     let moto = Moto::start()?;
     let up = started.elapsed();
-    let mut ids = moto.run_instances(450, &[("team", "platform")]).await?;
+    let record_tag = imds_operator::aws::ec2::ORIGINAL_OPTIONS_TAG;
+    let mut ids = moto
+        .run_instances(450, &[("team", "platform"), (record_tag, "{}")])
+        .await?;
     let launched = started.elapsed();
     let unknown = ["i-00000000000000001".to_string(), "i-00000000000000002".to_string()];
     ids.extend(unknown.iter().cloned());
@@ -142,7 +145,11 @@ async fn moto_describe_450_instances_in_batches_of_200() -> Result<()> {
         assert_eq!(observed.values.http_put_response_hop_limit, Some(1), "{id}");
         assert_eq!(observed.values.http_endpoint, Some(Toggle::Enabled), "{id}");
         assert_eq!(observed.state, ApplyState::Applied, "{id}");
-        assert_eq!(observations[id].1, vec!["team".to_string()], "{id}: tag keys");
+        assert_eq!(
+            observations[id].1,
+            vec![record_tag.to_string()],
+            "{id}: only the tag keys the operator reads are kept"
+        );
     }
     let calls = api_calls(&metrics, "DescribeInstances", "ok");
     let batches = ids.len().div_ceil(DESCRIBE_BATCH) as u64;
@@ -492,8 +499,8 @@ async fn denied_describe_is_permission_denied() {
     assert_eq!(api_calls(&metrics, "DescribeInstances", "UnauthorizedOperation"), 1);
 }
 
-/// Describe reports tag keys; missing and terminated instances are `NotFound`; a modify of a
-/// missing instance is `NotFound`.
+/// Describe reports the tag keys the operator reads (escaped XML and all); missing and
+/// terminated instances are `NotFound`; a modify of a missing instance is `NotFound`.
 #[tokio::test]
 async fn describe_reports_tags_and_not_found() {
     let double = Ec2Double::start().await;
@@ -521,7 +528,8 @@ async fn describe_reports_tags_and_not_found() {
     );
     assert_eq!(
         tag_keys,
-        &vec!["kubernetes.io/cluster/demo".to_string(), "Name".to_string()]
+        &vec!["kubernetes.io/cluster/demo".to_string()],
+        "kept: the first key IMDS cannot serve (the tags guard names it); Name is not read"
     );
     for id in [&terminated, &missing] {
         assert!(

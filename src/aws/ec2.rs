@@ -32,8 +32,22 @@ pub const ORIGINAL_OPTIONS_TAG: &str = "imds-operator.io:original-options";
 pub struct InstanceFacts {
     /// The metadata options.
     pub options: ObservedOptions,
-    /// The instance's tag keys.
+    /// The instance's tag keys the operator reads: [`READ_TAG_KEYS`], and the first key IMDS
+    /// cannot serve as instance metadata tags (the tags guard names it). The rest are not kept:
+    /// an EKS instance carries a dozen tags, and the cache holds every instance of the fleet.
     pub tag_keys: Vec<String>,
+}
+
+/// The tag keys [`InstanceFacts::tag_keys`] always keeps.
+pub const READ_TAG_KEYS: &[&str] = &[ORIGINAL_OPTIONS_TAG];
+
+/// The keys of `tags` the operator reads (see [`InstanceFacts::tag_keys`]), in EC2's order.
+fn read_tag_keys(tags: &[aws_sdk_ec2::types::Tag]) -> Vec<String> {
+    let keys = tags.iter().filter_map(|t| t.key());
+    let unservable = keys.clone().find(|k| !imds_core::plan::guards::servable_tag_key(k));
+    keys.filter(|k| READ_TAG_KEYS.contains(k) || Some(*k) == unservable)
+        .map(String::from)
+        .collect()
 }
 
 /// One instance as read by [`Ec2::describe_instances`].
@@ -220,11 +234,7 @@ impl Ec2 {
                     id.to_string(),
                     InstanceFacts {
                         options: observed_from(instance.metadata_options()),
-                        tag_keys: instance
-                            .tags()
-                            .iter()
-                            .filter_map(|t| t.key().map(String::from))
-                            .collect(),
+                        tag_keys: read_tag_keys(instance.tags()),
                     },
                 );
             }

@@ -4,8 +4,9 @@
 //! `node.kubernetes.io/instance-type`, …) and most values (the zone, the node group) are the same
 //! on thousands of nodes. [`Labels`] is an immutable, sorted, shared slice of interned strings:
 //! cloning it is one reference count, and an [`Interner`] makes every node with the same key or
-//! value point at one copy of it. (Measured in `make bench`'s P4: kept as `BTreeMap<String,
-//! String>`, the labels were most of the ~15 KB each Node cost the operator.)
+//! value point at one copy of it — and every node with the same label (key and value) at one
+//! copy of the pair, so a label costs a node one pointer. (Measured in `make bench`'s P4: kept
+//! as `BTreeMap<String, String>`, the labels were most of the ~15 KB each Node cost the operator.)
 
 use kube_core::{Expression, Selector};
 use std::collections::{BTreeMap, HashSet};
@@ -24,16 +25,19 @@ impl LabelLookup for BTreeMap<String, String> {
     }
 }
 
+/// One label, key and value.
+type Label = Arc<(Arc<str>, Arc<str>)>;
+
 /// A node's labels: sorted by key, immutable, cheap to clone.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Labels(Arc<[(Arc<str>, Arc<str>)]>);
+pub struct Labels(Arc<[Label]>);
 
 impl Labels {
     /// Labels from key/value pairs (a later duplicate key wins, as in a map).
-    pub fn from_pairs(mut pairs: Vec<(Arc<str>, Arc<str>)>) -> Labels {
+    fn from_pairs(mut pairs: Vec<Label>) -> Labels {
         // Stable sort, then keep the last of equal keys.
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut unique: Vec<(Arc<str>, Arc<str>)> = Vec::with_capacity(pairs.len());
+        let mut unique: Vec<Label> = Vec::with_capacity(pairs.len());
         for pair in pairs {
             match unique.last_mut() {
                 Some(last) if last.0 == pair.0 => *last = pair,
@@ -46,14 +50,14 @@ impl Labels {
     /// The value of label `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0
-            .binary_search_by(|(k, _)| k.as_ref().cmp(key))
+            .binary_search_by(|label| label.0.as_ref().cmp(key))
             .ok()
             .map(|i| self.0[i].1.as_ref())
     }
 
     /// The labels in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+        self.0.iter().map(|label| (label.0.as_ref(), label.1.as_ref()))
     }
 
     /// How many labels there are.
@@ -74,7 +78,7 @@ impl Labels {
     /// Sets one label (for tests and fixtures; the controller never edits labels).
     pub fn insert(&mut self, key: &str, value: &str) {
         let mut pairs = self.0.to_vec();
-        pairs.push((key.into(), value.into()));
+        pairs.push(Arc::new((key.into(), value.into())));
         *self = Labels::from_pairs(pairs);
     }
 }
@@ -95,16 +99,17 @@ impl From<&BTreeMap<String, String>> for Labels {
     fn from(map: &BTreeMap<String, String>) -> Labels {
         Labels(
             map.iter()
-                .map(|(k, v)| (Arc::from(k.as_str()), Arc::from(v.as_str())))
+                .map(|(k, v)| Arc::new((Arc::from(k.as_str()), Arc::from(v.as_str()))))
                 .collect(),
         )
     }
 }
 
-/// One shared copy of every label key and value in use.
+/// One shared copy of every label, label key and value in use.
 #[derive(Debug, Default)]
 pub struct Interner {
     strings: HashSet<Arc<str>>,
+    labels: HashSet<Label>,
 }
 
 impl Interner {
@@ -118,17 +123,26 @@ impl Interner {
         shared
     }
 
-    /// Labels whose keys and values are the shared copies.
+    /// Labels made of the shared copies.
     pub fn labels<'a>(&mut self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Labels {
-        let pairs = pairs
-            .into_iter()
-            .map(|(k, v)| (self.intern(k), self.intern(v)))
-            .collect();
+        let pairs = pairs.into_iter().map(|(k, v)| self.label(k, v)).collect();
         Labels::from_pairs(pairs)
     }
 
-    /// Forgets the strings nothing but the interner uses any more (labels of deleted nodes).
+    fn label(&mut self, key: &str, value: &str) -> Label {
+        let pair = (self.intern(key), self.intern(value));
+        if let Some(shared) = self.labels.get(&pair) {
+            return shared.clone();
+        }
+        let shared = Arc::new(pair);
+        self.labels.insert(shared.clone());
+        shared
+    }
+
+    /// Forgets what nothing but the interner uses any more (labels of deleted nodes).
     pub fn purge(&mut self) {
+        self.labels.retain(|l| Arc::strong_count(l) > 1);
+        self.labels.shrink_to_fit();
         self.strings.retain(|s| Arc::strong_count(s) > 1);
         self.strings.shrink_to_fit();
     }
@@ -187,9 +201,9 @@ mod tests {
     #[test]
     fn labels_are_sorted_and_the_last_duplicate_wins() {
         let labels = Labels::from_pairs(vec![
-            ("b".into(), "1".into()),
-            ("a".into(), "2".into()),
-            ("b".into(), "3".into()),
+            Arc::new(("b".into(), "1".into())),
+            Arc::new(("a".into(), "2".into())),
+            Arc::new(("b".into(), "3".into())),
         ]);
         assert_eq!(labels.iter().collect::<Vec<_>>(), vec![("a", "2"), ("b", "3")]);
         assert_eq!(labels.get("b"), Some("3"));
@@ -203,8 +217,11 @@ mod tests {
         let one = interner.labels([("zone", "a"), ("host", "n1")]);
         let two = interner.labels([("zone", "a"), ("host", "n2")]);
         assert_eq!(interner.len(), 5, "zone, a, host, n1, n2: {interner:?}");
-        let zone = |l: &Labels| l.0.iter().find(|(k, _)| k.as_ref() == "zone").map(|(_, v)| v.clone());
-        assert!(Arc::ptr_eq(&zone(&one).expect("zone"), &zone(&two).expect("zone")));
+        let zone = |l: &Labels| l.0.iter().find(|l| l.0.as_ref() == "zone").cloned();
+        assert!(
+            Arc::ptr_eq(&zone(&one).expect("zone"), &zone(&two).expect("zone")),
+            "one copy of zone=a"
+        );
         drop(two);
         interner.purge();
         assert_eq!(interner.len(), 4, "n2 is gone");

@@ -7,6 +7,7 @@
 //! `cargo test` stays fast. How to run long, and how to replay a failure: `docs/fuzzing.md`.
 
 use imds_core::api::{HttpTokens, InstanceMetadataPolicy, InstanceMetadataPolicySpec, MetadataOptions, Toggle};
+use imds_core::labels::{Interner, Labels};
 use imds_core::options::{Field, FullOptions, OptionValue};
 use imds_core::provider_id::{self, InstanceRef, SkipReason, is_instance_id};
 use imds_core::record::{ChangeRecord, ChangeState, InstanceRecord, OptionRecord, field_named};
@@ -331,13 +332,18 @@ proptest! {
 
     /// Parsing and matching never panic. A selector valid by the API server's rules is accepted
     /// and selects exactly the nodes the Kubernetes reference model selects; an unknown operator,
-    /// or In/NotIn without `values`, is an error (`InvalidSelector` naming the policy).
+    /// or In/NotIn without `values`, is an error (`InvalidSelector` naming the policy). The labels
+    /// as the Node store keeps them (interned [`Labels`]) are selected exactly as the map is.
     #[test]
     fn selectors_match_the_reference_model(selector in selector(), labels in labels()) {
         let valid = model_valid(&selector);
         match PolicyInput::from_policy(&policy_with(selector.clone())) {
             Ok(policy) => {
                 let selected = policy.selects(&labels);
+                let kept = Interner::default().labels(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                prop_assert_eq!(policy.selects(&kept), selected);
+                prop_assert_eq!(policy.selects(&Labels::from(&labels)), selected);
+                prop_assert_eq!(kept.to_map(), labels.clone());
                 if valid {
                     prop_assert_eq!(selected, model_matches(&selector, &labels));
                 }

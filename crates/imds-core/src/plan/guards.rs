@@ -94,6 +94,12 @@ pub fn parse_lookback(text: &str) -> Duration {
     humantime::parse_duration(text).unwrap_or(DEFAULT_LOOKBACK)
 }
 
+/// Whether IMDS can serve a tag with this key as an instance metadata tag: EC2 refuses to
+/// enable instance metadata tags while any tag key contains `/` or a space.
+pub fn servable_tag_key(key: &str) -> bool {
+    !key.contains('/') && !key.contains(' ')
+}
+
 /// Checks `request` for an instance currently at `observed`: the tag-key guard first (a
 /// request EC2 would refuse), then the IMDSv1-usage guard when the request turns IMDSv1 off.
 pub fn check(
@@ -104,7 +110,7 @@ pub fn check(
 ) -> GuardVerdict {
     if request.instance_metadata_tags == Toggle::Enabled
         && observed.values.instance_metadata_tags != Some(Toggle::Enabled)
-        && let Some(key) = facts.tag_keys.iter().find(|k| k.contains('/') || k.contains(' '))
+        && let Some(key) = facts.tag_keys.iter().find(|k| !servable_tag_key(k))
     {
         return GuardVerdict::Block {
             reason: Reason::TagKeyNotAllowed,

@@ -142,16 +142,39 @@ pub fn plan<'n, M: RefusalMemo>(
     input: &PlanInput<'_, M>,
     nodes: impl IntoIterator<Item = &'n NodeInput>,
 ) -> Vec<NodePlan> {
+    let mut decided = DecisionsBySelection::default();
     let mut plans: Vec<NodePlan> = nodes
         .into_iter()
         .filter(|node| input.policy.selects(&node.labels))
-        .map(|node| plan_node(input, node))
+        .map(|node| plan_node(input, node, &mut decided))
         .collect();
     plans.sort_by(|a, b| a.node.cmp(&b.node));
     plans
 }
 
-fn plan_node<M: RefusalMemo>(input: &PlanInput<'_, M>, node: &NodeInput) -> NodePlan {
+/// The decisions for each set of selecting policies (by index), computed once per set: the
+/// nodes of a node group share one, and a fleet has a handful of sets, not one per node.
+type DecisionsBySelection = HashMap<Vec<usize>, selection::Decisions>;
+
+/// The decisions of the policies that select `node`.
+fn decisions_for<'d, M: RefusalMemo>(
+    input: &PlanInput<'_, M>,
+    node: &NodeInput,
+    decided: &'d mut DecisionsBySelection,
+) -> &'d selection::Decisions {
+    let selecting: Vec<usize> = (0..input.policies.len())
+        .filter(|&i| input.policies[i].selects(&node.labels))
+        .collect();
+    decided
+        .entry(selecting)
+        .or_insert_with_key(|selecting| selection::decide(selecting.iter().map(|&i| &input.policies[i])))
+}
+
+fn plan_node<M: RefusalMemo>(
+    input: &PlanInput<'_, M>,
+    node: &NodeInput,
+    decided: &mut DecisionsBySelection,
+) -> NodePlan {
     let instance = match provider_id::parse(node.provider_id.as_deref()) {
         Ok(instance) => instance,
         Err(skip) => return skipped(node, None, skip),
@@ -175,13 +198,12 @@ fn plan_node<M: RefusalMemo>(input: &PlanInput<'_, M>, node: &NodeInput) -> Node
         }
     };
 
-    let selecting = input.policies.iter().filter(|p| p.selects(&node.labels));
-    let decisions = selection::decide(selecting);
+    let decisions = decisions_for(input, node, decided);
     let Comparison {
         drift,
         conflicts,
         enforced_drift_mine,
-    } = compare(&decisions, &input.policy.name, observed);
+    } = compare(decisions, &input.policy.name, observed);
 
     let mut plan = NodePlan::new(node, Some(id.clone()), NodeState::Compliant, Reason::Compliant);
     plan.drift = drift;
@@ -197,14 +219,14 @@ fn plan_node<M: RefusalMemo>(input: &PlanInput<'_, M>, node: &NodeInput) -> Node
         // Only an enforcing policy sends: an Audit policy that shares an option with an
         // Enforce policy leaves the request to that one (and to its rollout and guards).
         if enforced_drift_mine && input.policy.mode == PolicyMode::Enforce {
-            let request = FullOptions::merge(&selection::enforced_options(&decisions), &observed.values);
+            let request = FullOptions::merge(&selection::enforced_options(decisions), &observed.values);
             let unchanged = FullOptions::completed(&observed.values);
             if request != unchanged || !complete(observed) {
                 match input.refusals.refused(&id, &request) {
                     Some(failure) => plan.fail(failure),
                     None => {
                         plan.action = Some(request);
-                        guard(input, &decisions, observed, &id, &mut plan);
+                        guard(input, decisions, observed, &id, &mut plan);
                     }
                 }
             }
