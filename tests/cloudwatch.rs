@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use aws_sdk_cloudwatch::error::DisplayErrorContext;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_smithy_types::DateTime;
+use imds_core::usage::UsageSeries;
 use imds_operator::aws::cloudwatch::{QUERY_BATCH, UsageReader};
 use imds_operator::aws::{AwsError, AwsErrorKind};
 use imds_operator::telemetry::metrics::Metrics;
@@ -49,13 +50,16 @@ fn calls(metrics: &Metrics, outcome: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The answer for one instance (panics if there is none).
-fn answer<'a>(answers: &'a HashMap<String, Result<f64, AwsError>>, id: &str) -> &'a Result<f64, AwsError> {
-    answers.get(id).unwrap_or_else(|| panic!("no answer for {id}"))
+type Answers = HashMap<String, Result<UsageSeries, AwsError>>;
+
+/// The answer for one instance, its calls summed over the periods (panics if there is none).
+fn answer(answers: &Answers, id: &str) -> Result<f64, AwsError> {
+    let answer = answers.get(id).unwrap_or_else(|| panic!("no answer for {id}"));
+    answer.as_ref().map(UsageSeries::total).map_err(Clone::clone)
 }
 
 /// The error for one instance (panics if it has a sum).
-fn error<'a>(answers: &'a HashMap<String, Result<f64, AwsError>>, id: &str) -> &'a AwsError {
+fn error(answers: &Answers, id: &str) -> AwsError {
     match answer(answers, id) {
         Err(e) => e,
         Ok(sum) => panic!("{id}: expected an error, got {sum}"),
@@ -120,8 +124,8 @@ async fn moto_sums_tokenless_calls_per_instance() -> Result<()> {
     let (usage, metrics) = reader(client);
     let answers = usage.tokenless_calls(&ids, DAY, now).await;
     assert_eq!(answers.len(), 2, "{answers:?}");
-    assert_eq!(answer(&answers, a), &Ok(7.0));
-    assert_eq!(answer(&answers, b), &Ok(0.0), "no datapoints is zero");
+    assert_eq!(answer(&answers, a), Ok(7.0));
+    assert_eq!(answer(&answers, b), Ok(0.0), "no datapoints is zero");
     assert_eq!(calls(&metrics, "ok"), 1);
     Ok(())
 }
@@ -146,12 +150,12 @@ async fn moto_datapoints_older_than_the_lookback_are_not_counted() -> Result<()>
 
     let (usage, _) = reader(client);
     let ids = [a.clone()];
-    assert_eq!(answer(&usage.tokenless_calls(&ids, HOUR, now).await, &a), &Ok(2.0));
-    assert_eq!(answer(&usage.tokenless_calls(&ids, DAY, now).await, &a), &Ok(7.0));
-    assert_eq!(answer(&usage.tokenless_calls(&ids, 3 * DAY, now).await, &a), &Ok(107.0));
+    assert_eq!(answer(&usage.tokenless_calls(&ids, HOUR, now).await, &a), Ok(2.0));
+    assert_eq!(answer(&usage.tokenless_calls(&ids, DAY, now).await, &a), Ok(7.0));
+    assert_eq!(answer(&usage.tokenless_calls(&ids, 3 * DAY, now).await, &a), Ok(107.0));
     // Seen from two hours later, with a 1 h lookback, nothing is left.
     let later = now + 2 * HOUR;
-    assert_eq!(answer(&usage.tokenless_calls(&ids, HOUR, later).await, &a), &Ok(0.0));
+    assert_eq!(answer(&usage.tokenless_calls(&ids, HOUR, later).await, &a), Ok(0.0));
     Ok(())
 }
 
@@ -180,7 +184,7 @@ async fn moto_600_instances_in_batches_of_500() -> Result<()> {
     assert_eq!(answers.len(), 600);
     for (i, id) in ids.iter().enumerate() {
         let want = with_data.iter().find(|(j, _)| *j == i).map_or(0.0, |(_, v)| *v);
-        assert_eq!(answer(&answers, id), &Ok(want), "{i}: {id}");
+        assert_eq!(answer(&answers, id), Ok(want), "{i}: {id}");
     }
     assert_eq!(calls(&metrics, "ok"), ids.len().div_ceil(QUERY_BATCH) as u64);
     Ok(())
@@ -397,8 +401,8 @@ async fn pages_are_followed_and_summed() {
     let ids = [instance_id(1), instance_id(2)];
     let answers = usage.tokenless_calls(&ids, DAY, SystemTime::now()).await;
 
-    assert_eq!(answer(&answers, &ids[0]), &Ok(7.0));
-    assert_eq!(answer(&answers, &ids[1]), &Ok(0.0));
+    assert_eq!(answer(&answers, &ids[0]), Ok(7.0));
+    assert_eq!(answer(&answers, &ids[1]), Ok(0.0));
     let requests = cw.requests();
     assert_eq!(requests.len(), 2);
     assert!(requests[0].0.ends_with("/operation/GetMetricData"), "{}", requests[0].0);
@@ -445,7 +449,7 @@ async fn access_denied_fails_every_id_of_the_batch() {
         assert_eq!(e.code, "AccessDenied");
         assert!(e.message.contains("cloudwatch:GetMetricData"), "{e}");
     }
-    assert_eq!(answer(&answers, &ids[500]), &Ok(0.0));
+    assert_eq!(answer(&answers, &ids[500]), Ok(0.0));
     assert_eq!(calls(&metrics, "AccessDenied"), 1);
     assert_eq!(calls(&metrics, "ok"), 1);
     let denied = "imds_operator_aws_api_permission_errors_total{operation=\"GetMetricData\"} 1";
@@ -487,7 +491,7 @@ async fn forbidden_or_missing_queries_fail_only_their_instance() {
     let answers = usage.tokenless_calls(&ids, DAY, SystemTime::now()).await;
 
     assert_eq!(error(&answers, &ids[0]).kind, AwsErrorKind::PermissionDenied);
-    assert_eq!(answer(&answers, &ids[1]), &Ok(2.0));
+    assert_eq!(answer(&answers, &ids[1]), Ok(2.0));
     assert_eq!(error(&answers, &ids[2]).code, "MissingResult");
 }
 

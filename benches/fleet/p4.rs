@@ -80,9 +80,11 @@ pub async fn run(report: &mut Report) -> Result<()> {
     let restart_at = size("IMDS_BENCH_P4_RESTART", 5000)?;
     let base = measure(0, false).await?.listed;
     report.line(format!(
-        "P4 N=0 rss {:.1}MiB peak {:.1}MiB (the baseline)",
+        "P4 N=0 rss {:.1}MiB peak {:.1}MiB (the baseline; anon {:.1}MiB, file {:.1}MiB)",
         mib(base.rss),
-        mib(base.hwm)
+        mib(base.hwm),
+        mib(base.anon),
+        mib(base.file)
     ));
     for n in sizes("IMDS_BENCH_P4_SIZES", "1000,5000,20000")? {
         let Measured { listed, relisted } = match measure(n, n == restart_at).await {
@@ -93,21 +95,27 @@ pub async fn run(report: &mut Report) -> Result<()> {
             }
         };
         let per_node = listed.rss.saturating_sub(base.rss) as f64 / n.max(1) as f64;
+        let anon_per_node = listed.anon.saturating_sub(base.anon) as f64 / n.max(1) as f64;
         report.line(format!(
-            "P4 N={n} rss {:.1}MiB peak {:.1}MiB target {TARGET_MIB:.0}MiB ratio {} peak-ratio {} per-node {:.0}B over the baseline (target ≤32MiB at 5000)",
+            "P4 N={n} rss {:.1}MiB peak {:.1}MiB target {TARGET_MIB:.0}MiB ratio {} peak-ratio {} per-node {:.0}B over the baseline (anon {:.1}MiB, {:.0}B/node; file {:.1}MiB) (target ≤32MiB at 5000)",
             mib(listed.rss),
             mib(listed.hwm),
             show_ratio(ratio(mib(listed.rss), TARGET_MIB)),
             show_ratio(ratio(mib(listed.hwm), TARGET_MIB)),
             per_node,
+            mib(listed.anon),
+            anon_per_node,
+            mib(listed.file),
         ));
         if let Some((relisted, marker)) = relisted {
             report.line(format!(
-                "P4 N={n} after an API server restart rss {:.1}MiB peak {:.1}MiB target {TARGET_MIB:.0}MiB ratio {} peak-ratio {} (a node created after the restart reported after {:.1}s)",
+                "P4 N={n} after an API server restart rss {:.1}MiB peak {:.1}MiB target {TARGET_MIB:.0}MiB ratio {} peak-ratio {} (anon {:.1}MiB, file {:.1}MiB; a node created after the restart reported after {:.1}s)",
                 mib(relisted.rss),
                 mib(relisted.hwm),
                 show_ratio(ratio(mib(relisted.rss), TARGET_MIB)),
                 show_ratio(ratio(mib(relisted.hwm), TARGET_MIB)),
+                mib(relisted.anon),
+                mib(relisted.file),
                 marker.as_secs_f64(),
             ));
         }

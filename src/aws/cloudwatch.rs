@@ -18,6 +18,7 @@ use crate::telemetry::metrics::Metrics;
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricDataResult, MetricStat, StatusCode};
 use aws_smithy_types::DateTime;
 use imds_core::observation::{Failure, FailureKind};
+use imds_core::usage::UsageSeries;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -133,22 +134,24 @@ pub fn build_queries(batch: &[String], period_secs: i32) -> Vec<MetricDataQuery>
 enum Tally {
     /// No result for this query yet.
     Unseen,
-    /// The sum of the values of every page so far.
-    Sum(f64),
+    /// The values of every page so far, by period start (Unix seconds).
+    Series(BTreeMap<i64, f64>),
     /// A result said the query failed; later pages do not undo it.
     Failed(AwsError),
 }
 
-/// The running totals of one batch over the pages of its GetMetricData calls.
+/// The running totals of one batch over the pages of its GetMetricData calls, per period.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchTotals {
+    period_secs: u64,
     tallies: Vec<Tally>,
 }
 
 impl BatchTotals {
-    /// Nothing seen yet for a batch of `len` instances.
-    pub fn new(len: usize) -> BatchTotals {
+    /// Nothing seen yet for a batch of `len` instances read at `period_secs`.
+    pub fn new(len: usize, period_secs: i32) -> BatchTotals {
         BatchTotals {
+            period_secs: u64::from(period_secs.unsigned_abs()),
             tallies: vec![Tally::Unseen; len],
         }
     }
@@ -168,27 +171,34 @@ impl BatchTotals {
                 *tally = Tally::Failed(err);
                 continue;
             }
-            let before = match tally {
-                Tally::Sum(sum) => *sum,
-                _ => 0.0,
-            };
-            *tally = Tally::Sum(before + result.values().iter().sum::<f64>());
+            if !matches!(tally, Tally::Series(_)) {
+                *tally = Tally::Series(BTreeMap::new());
+            }
+            if let Tally::Series(series) = tally {
+                add_points(series, result);
+            }
         }
     }
 
     /// The answer for every instance of `batch` (the batch these totals were made for).
-    pub fn finish(self, batch: &[String]) -> Vec<(String, Result<f64, AwsError>)> {
+    pub fn finish(self, batch: &[String]) -> Vec<(String, Result<UsageSeries, AwsError>)> {
+        let period_secs = self.period_secs;
         batch
             .iter()
             .zip(self.tallies)
             .map(|(id, tally)| {
                 let answer = match tally {
-                    Tally::Sum(sum) if sum.is_finite() => Ok(sum),
-                    Tally::Sum(sum) => Err(usage_error(
-                        AwsErrorKind::Other,
-                        "InvalidValue",
-                        format!("{METRIC_NAME} of {id} added up to {sum}"),
-                    )),
+                    Tally::Series(points) => match points.values().find(|v| !v.is_finite()) {
+                        None => Ok(UsageSeries {
+                            period_secs,
+                            points: points.into_iter().collect(),
+                        }),
+                        Some(bad) => Err(usage_error(
+                            AwsErrorKind::Other,
+                            "InvalidValue",
+                            format!("{METRIC_NAME} of {id} has a datapoint of {bad}"),
+                        )),
+                    },
                     Tally::Unseen => Err(usage_error(
                         AwsErrorKind::Other,
                         "MissingResult",
@@ -199,6 +209,19 @@ impl BatchTotals {
                 (id.clone(), answer)
             })
             .collect()
+    }
+}
+
+/// Adds a result's datapoints (values paired with their timestamps) to `series`. A value
+/// without a timestamp is kept at time 0 (it counts in totals, and as old for boot windows).
+fn add_points(series: &mut BTreeMap<i64, f64>, result: &MetricDataResult) {
+    let times = result
+        .timestamps()
+        .iter()
+        .map(|t| Some(t.secs()))
+        .chain(std::iter::repeat(None));
+    for (value, at) in result.values().iter().zip(times) {
+        *series.entry(at.unwrap_or(0)).or_insert(0.0) += value;
     }
 }
 
@@ -227,8 +250,8 @@ pub struct UsageAnswer {
     pub instance_id: String,
     /// The lookback read.
     pub lookback: Duration,
-    /// `MetadataNoToken` summed over it, or why it could not be read.
-    pub calls: Result<f64, Failure>,
+    /// `MetadataNoToken` per period over it, or why it could not be read.
+    pub calls: Result<UsageSeries, Failure>,
 }
 
 /// Reads `MetadataNoToken` from CloudWatch, rate-limited and counted.
@@ -277,7 +300,7 @@ impl UsageReader {
         instance_ids: &[String],
         lookback: Duration,
         now: SystemTime,
-    ) -> HashMap<String, Result<f64, AwsError>> {
+    ) -> HashMap<String, Result<UsageSeries, AwsError>> {
         let period = period_for(lookback);
         let (start, end) = window(now, lookback, period);
         let mut out = HashMap::with_capacity(instance_ids.len());
@@ -301,7 +324,7 @@ impl UsageReader {
             let answers = self.tokenless_calls(&ids, lookback, now).await;
             for instance_id in ids {
                 let calls = match answers.get(&instance_id) {
-                    Some(Ok(calls)) => Ok(*calls),
+                    Some(Ok(calls)) => Ok(calls.clone()),
                     Some(Err(e)) => Err(Failure {
                         kind: e.failure_kind(),
                         message: e.to_string(),
@@ -324,7 +347,7 @@ impl UsageReader {
     async fn read_batch(&self, batch: &[String], period: i32, start: u64, end: u64) -> Result<BatchTotals, AwsError> {
         let queries = build_queries(batch, period);
         let secs = |s: u64| DateTime::from_secs(i64::try_from(s).unwrap_or(i64::MAX));
-        let mut totals = BatchTotals::new(batch.len());
+        let mut totals = BatchTotals::new(batch.len(), period);
         let mut next_token: Option<String> = None;
         for _ in 0..MAX_PAGES {
             self.limiter.acquire().await;
@@ -465,7 +488,7 @@ mod tests {
     #[test]
     fn sums_values_per_query_across_pages() {
         let batch = ids(4);
-        let mut totals = BatchTotals::new(batch.len());
+        let mut totals = BatchTotals::new(batch.len(), PERIOD_SECS);
         totals.add_page(&[
             result("q0", &[3.0, 4.0], Some(StatusCode::PartialData)),
             result("q1", &[], Some(StatusCode::Complete)),
@@ -478,16 +501,41 @@ mod tests {
             result("q3", &[], Some(StatusCode::Complete)),
         ]);
         let got: HashMap<_, _> = totals.finish(&batch).into_iter().collect();
-        assert_eq!(got[&batch[0]], Ok(7.5));
-        assert_eq!(got[&batch[1]], Ok(0.0), "no datapoints is zero");
-        assert_eq!(got[&batch[2]], Ok(1.0));
-        assert_eq!(got[&batch[3]], Ok(0.0));
+        let total = |i: usize| got[&batch[i]].as_ref().map(UsageSeries::total).expect("an answer");
+        assert_eq!(total(0), 7.5);
+        assert_eq!(total(1), 0.0, "no datapoints is zero");
+        assert_eq!(total(2), 1.0);
+        assert_eq!(total(3), 0.0);
+    }
+
+    #[test]
+    fn datapoints_keep_their_periods() {
+        let batch = ids(1);
+        let mut totals = BatchTotals::new(1, PERIOD_SECS);
+        let at = |s: i64| DateTime::from_secs(s);
+        let page = |values: &[f64], times: &[i64]| {
+            MetricDataResult::builder()
+                .id("q0")
+                .set_values(Some(values.to_vec()))
+                .set_timestamps(Some(times.iter().map(|t| at(*t)).collect()))
+                .build()
+        };
+        totals.add_page(&[page(&[2.0, 1.0], &[600, 300])]);
+        totals.add_page(&[page(&[4.0], &[600])]);
+        let got = totals.finish(&batch).remove(0).1.expect("an answer");
+        assert_eq!(
+            got,
+            UsageSeries {
+                period_secs: 300,
+                points: vec![(300, 1.0), (600, 6.0)]
+            }
+        );
     }
 
     #[test]
     fn unusable_answers_are_errors_not_zero() {
         let batch = ids(5);
-        let mut totals = BatchTotals::new(batch.len());
+        let mut totals = BatchTotals::new(batch.len(), PERIOD_SECS);
         let forbidden = MetricDataResult::builder()
             .id("q0")
             .status_code(StatusCode::Forbidden)

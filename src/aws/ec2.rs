@@ -14,6 +14,7 @@ use aws_sdk_ec2::types::{
 use imds_core::api::{HttpTokens, MetadataOptions, Toggle};
 use imds_core::observation::Observation;
 use imds_core::options::{ApplyState, FullOptions, ObservedOptions};
+use k8s_openapi::jiff::Timestamp;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -36,6 +37,8 @@ pub struct InstanceFacts {
     /// cannot serve as instance metadata tags (the tags guard names it). The rest are not kept:
     /// an EKS instance carries a dozen tags, and the cache holds every instance of the fleet.
     pub tag_keys: Vec<String>,
+    /// `LaunchTime`.
+    pub launched: Option<Timestamp>,
 }
 
 /// The tag keys [`InstanceFacts::tag_keys`] always keeps.
@@ -57,6 +60,8 @@ pub struct Described {
     pub observation: Observation,
     /// Tag keys (empty unless found).
     pub tag_keys: Vec<String>,
+    /// `LaunchTime` (unless not found).
+    pub launched: Option<Timestamp>,
 }
 
 /// Converts EC2's metadata options.
@@ -175,10 +180,12 @@ impl Ec2 {
                             Some(facts) => Described {
                                 observation: Observation::Found(facts.options.clone()),
                                 tag_keys: facts.tag_keys.clone(),
+                                launched: facts.launched,
                             },
                             None => Described {
                                 observation: Observation::NotFound,
                                 tag_keys: Vec::new(),
+                                launched: None,
                             },
                         };
                         out.insert(id.clone(), entry);
@@ -190,6 +197,7 @@ impl Ec2 {
                         let described = Described {
                             observation: Observation::Failed(failure.clone()),
                             tag_keys: Vec::new(),
+                            launched: None,
                         };
                         out.insert(id.clone(), described);
                     }
@@ -235,6 +243,9 @@ impl Ec2 {
                     InstanceFacts {
                         options: observed_from(instance.metadata_options()),
                         tag_keys: read_tag_keys(instance.tags()),
+                        launched: instance
+                            .launch_time()
+                            .and_then(|t| Timestamp::from_second(t.secs()).ok()),
                     },
                 );
             }

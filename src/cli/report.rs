@@ -333,6 +333,7 @@ fn tag_facts(described: &HashMap<String, Described>) -> HashMap<String, GuardFac
             let f = GuardFacts {
                 tag_keys: d.tag_keys.clone(),
                 imdsv1_calls: BTreeMap::new(),
+                launched: d.launched,
             };
             (id.clone(), f)
         })

@@ -8,6 +8,8 @@ use crate::aws::ec2::Described;
 use imds_core::observation::{Failure, Observation};
 use imds_core::options::{ApplyState, FullOptions};
 use imds_core::requeue::{backoff_base, backoff_delay};
+use imds_core::usage::UsageSeries;
+use k8s_openapi::jiff::Timestamp;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -16,6 +18,7 @@ use tokio::time::Instant;
 struct Entry {
     observation: Observation,
     tag_keys: Vec<String>,
+    launched: Option<Timestamp>,
     fetched: Instant,
     /// Reads that failed in a row (0 after a successful one).
     failed_reads: u32,
@@ -43,7 +46,7 @@ pub struct InstanceCache {
     backoffs: HashMap<String, Backoff>,
     in_flight: HashSet<String>,
     record_tags_seen: HashSet<String>,
-    usage: HashMap<(String, u64), (Result<f64, Failure>, Instant)>,
+    usage: HashMap<(String, u64), (Result<UsageSeries, Failure>, Instant)>,
 }
 
 impl InstanceCache {
@@ -69,11 +72,13 @@ impl InstanceCache {
     /// Records an observation.
     pub fn observe(&mut self, id: &str, observation: Observation, tag_keys: Vec<String>, now: Instant) {
         let failed_reads = self.failed_reads_after(id, &observation);
+        let launched = self.launched(id);
         self.entries.insert(
             id.to_string(),
             Entry {
                 observation,
                 tag_keys,
+                launched,
                 fetched: now,
                 failed_reads,
             },
@@ -95,11 +100,13 @@ impl InstanceCache {
         }
         let now = issued;
         let failed_reads = self.failed_reads_after(id, &described.observation);
+        let launched = described.launched.or_else(|| self.launched(id));
         self.entries.insert(
             id.to_string(),
             Entry {
                 observation: described.observation,
                 tag_keys: described.tag_keys,
+                launched,
                 fetched: now,
                 failed_reads,
             },
@@ -107,14 +114,14 @@ impl InstanceCache {
     }
 
     /// IMDSv1 usage read from CloudWatch for this lookback, while still fresh.
-    pub fn usage(&self, id: &str, lookback: Duration, now: Instant) -> Option<Result<f64, Failure>> {
+    pub fn usage(&self, id: &str, lookback: Duration, now: Instant) -> Option<Result<UsageSeries, Failure>> {
         let (value, at) = self.usage.get(&(id.to_string(), lookback.as_secs()))?;
         let ttl = if value.is_ok() { USAGE_TTL } else { USAGE_ERROR_TTL };
         (now.saturating_duration_since(*at) < ttl).then(|| value.clone())
     }
 
     /// Stores IMDSv1 usage.
-    pub fn set_usage(&mut self, id: &str, lookback: Duration, value: Result<f64, Failure>, now: Instant) {
+    pub fn set_usage(&mut self, id: &str, lookback: Duration, value: Result<UsageSeries, Failure>, now: Instant) {
         self.usage.insert((id.to_string(), lookback.as_secs()), (value, now));
     }
 
@@ -123,6 +130,11 @@ impl InstanceCache {
         ids.into_iter()
             .filter_map(|id| self.entries.get(id).map(|e| (id.clone(), e.observation.clone())))
             .collect()
+    }
+
+    /// When an instance was launched, when known.
+    pub fn launched(&self, id: &str) -> Option<Timestamp> {
+        self.entries.get(id).and_then(|e| e.launched)
     }
 
     /// The tag keys of an instance, when known.
@@ -358,13 +370,14 @@ mod tests {
         let t0 = Instant::now();
         let day = Duration::from_secs(86_400);
         let mut cache = InstanceCache::default();
-        cache.set_usage("i-1", day, Ok(3.0), t0);
+        let three = UsageSeries::single(300, 0, 3.0);
+        cache.set_usage("i-1", day, Ok(three.clone()), t0);
         let denied = Failure {
             kind: FailureKind::PermissionDenied,
             message: "denied".into(),
         };
         cache.set_usage("i-2", day, Err(denied), t0);
-        assert_eq!(cache.usage("i-1", day, t0 + Duration::from_secs(10)), Some(Ok(3.0)));
+        assert_eq!(cache.usage("i-1", day, t0 + Duration::from_secs(10)), Some(Ok(three)));
         assert_eq!(
             cache.usage("i-1", Duration::from_secs(3600), t0),
             None,
@@ -382,6 +395,7 @@ mod tests {
         let stale = Described {
             observation: found(ApplyState::Applied),
             tag_keys: vec![],
+            launched: None,
         };
         cache.observe_described("i-1", stale.clone(), t0 + Duration::from_secs(1));
         assert_eq!(

@@ -189,6 +189,7 @@ pub async fn plan_with_cache(ctx: &Context, observed: &Observed, outcomes: &Hash
                         .iter()
                         .filter_map(|l| Some((*l, cache.usage(id, *l, now)?)))
                         .collect(),
+                    launched: cache.launched(id),
                 };
                 (id.clone(), facts)
             })

@@ -3,6 +3,7 @@
 //! own control plane and EC2 endpoint. The helpers are in `imds_test_support::e2e`.
 
 mod faults;
+mod fleet_safety;
 mod invalid;
 mod moto_scenarios;
 mod records;

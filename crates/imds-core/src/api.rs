@@ -140,7 +140,7 @@ pub struct Guards {
 /// The IMDSv1-usage guard.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(crates(kube_core = "::kube_core"), validation = Rule::new("duration(self.lookback) >= duration('1h') && duration(self.lookback) <= duration('336h')").message("guards.imdsv1Usage.lookback must be between 1h and 336h (14 days)"))]
+#[x_kube(crates(kube_core = "::kube_core"), validation = Rule::new("duration(self.lookback) >= duration('1h') && duration(self.lookback) <= duration('336h')").message("guards.imdsv1Usage.lookback must be between 1h and 336h (14 days)"), validation = Rule::new("!has(self.ignoreAfterLaunch) || duration(self.ignoreAfterLaunch) <= duration('1h')").message("guards.imdsv1Usage.ignoreAfterLaunch must be at most 1h"))]
 pub struct Imdsv1UsageGuard {
     /// `Block` (default), `Warn` or `"Off"` (quote it: unquoted, YAML reads Off as false).
     #[serde(default)]
@@ -150,6 +150,14 @@ pub struct Imdsv1UsageGuard {
     #[serde(default = "default_lookback")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"))]
     pub lookback: String,
+    /// IMDSv1 calls in an instance's first minutes after launch (its `LaunchTime`) do not block,
+    /// as a duration (default `10m`; `0s` judges every call): new nodes often make a few at first
+    /// boot (the VPC CNI's first start does), and such a node would otherwise stay on IMDSv1 for
+    /// the whole lookback. Calls after this window block as before; pair it with
+    /// `rollout.verify` to catch what breaks after the change. At most 1h.
+    #[serde(default = "default_boot_window")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"))]
+    pub ignore_after_launch: String,
 }
 
 impl Default for Imdsv1UsageGuard {
@@ -157,12 +165,17 @@ impl Default for Imdsv1UsageGuard {
         Imdsv1UsageGuard {
             mode: GuardMode::Block,
             lookback: default_lookback(),
+            ignore_after_launch: default_boot_window(),
         }
     }
 }
 
 fn default_lookback() -> String {
     "24h".to_string()
+}
+
+fn default_boot_window() -> String {
+    "10m".to_string()
 }
 
 // What a guard does when it finds a problem.

@@ -16,6 +16,7 @@
 //! - [`record`]: what the operator changed on an instance (originals, who, the last request).
 //! - [`restore`]: what an instance needs when its `Restore` policy is deleted.
 //! - [`status`]: node plans → the policy's status and kstatus conditions.
+//! - [`usage`]: IMDSv1 usage per CloudWatch period, and what counts after an instance's boot window.
 //! - [`leader`]: leader-election decisions (client-go's rules) and the leader's write window.
 //! - `fixtures` (tests, or the `fixtures` feature): policy builders for tests.
 
@@ -36,3 +37,4 @@ pub mod restore;
 pub mod rollout;
 pub mod selection;
 pub mod status;
+pub mod usage;

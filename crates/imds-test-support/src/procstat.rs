@@ -12,6 +12,11 @@ pub struct Memory {
     pub rss: u64,
     /// `VmHWM`: the peak of `VmRSS` since the process started, in bytes.
     pub hwm: u64,
+    /// `RssAnon`: the resident anonymous part of `rss` (heap, stacks), in bytes.
+    pub anon: u64,
+    /// `RssFile`: the resident file-backed part of `rss` (mostly the executable's own pages), in
+    /// bytes.
+    pub file: u64,
 }
 
 /// `VmRSS` and `VmHWM` of process `pid`.
@@ -29,6 +34,8 @@ pub fn memory(pid: u32) -> Result<Memory> {
     Ok(Memory {
         rss: kib("VmRSS:")?,
         hwm: kib("VmHWM:")?,
+        anon: kib("RssAnon:")?,
+        file: kib("RssFile:")?,
     })
 }
 

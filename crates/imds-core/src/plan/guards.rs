@@ -8,21 +8,27 @@ use crate::observation::Failure;
 use crate::options::{FullOptions, ObservedOptions};
 use crate::reason::Reason;
 use crate::selection::PolicyInput;
+use crate::usage::UsageSeries;
+use k8s_openapi::jiff::Timestamp;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 /// The lookback used when a policy's lookback cannot be parsed (the API's default).
 pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
+/// The boot window used when a policy's `ignoreAfterLaunch` cannot be parsed (the API's default).
+pub const DEFAULT_BOOT_WINDOW: Duration = Duration::from_secs(600);
 
 /// What the guards know about one instance.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GuardFacts {
     /// The instance's tag keys.
     pub tag_keys: Vec<String>,
-    /// `MetadataNoToken` summed over a lookback (the key), or why it could not be read; a
+    /// `MetadataNoToken` per period over a lookback (the key), or why it could not be read; a
     /// lookback absent here has not been read yet.
-    pub imdsv1_calls: BTreeMap<Duration, Result<f64, Failure>>,
+    pub imdsv1_calls: BTreeMap<Duration, Result<UsageSeries, Failure>>,
+    /// When the instance was launched (DescribeInstances' `LaunchTime`), when known.
+    pub launched: Option<Timestamp>,
 }
 
 /// The IMDSv1-usage guard that applies to one `httpTokens` decision.
@@ -32,6 +38,8 @@ pub struct Imdsv1Guard {
     pub mode: GuardMode,
     /// The longest lookback among those that check.
     pub lookback: Duration,
+    /// The shortest boot window (`ignoreAfterLaunch`) among those that check.
+    pub boot_window: Duration,
 }
 
 /// A guard's objection that does not stop the request (`imdsv1Usage: Warn`).
@@ -75,17 +83,21 @@ pub fn imdsv1_guard<'a>(owners: impl IntoIterator<Item = &'a PolicyInput>) -> Im
     };
     let mut mode = GuardMode::Off;
     let mut lookback: Option<Duration> = None;
+    let mut boot_window: Option<Duration> = None;
     for guard in owners.into_iter().map(|p| &p.guards.imdsv1_usage) {
         if rank(guard.mode) > rank(mode) {
             mode = guard.mode;
         }
         if guard.mode != GuardMode::Off {
             lookback = lookback.max(Some(parse_lookback(&guard.lookback)));
+            let window = humantime::parse_duration(&guard.ignore_after_launch).unwrap_or(DEFAULT_BOOT_WINDOW);
+            boot_window = Some(boot_window.map_or(window, |w| w.min(window)));
         }
     }
     Imdsv1Guard {
         mode,
         lookback: lookback.unwrap_or(DEFAULT_LOOKBACK),
+        boot_window: boot_window.unwrap_or(DEFAULT_BOOT_WINDOW),
     }
 }
 
@@ -126,10 +138,18 @@ pub fn check(
     }
     let objection = match facts.imdsv1_calls.get(&imdsv1.lookback) {
         None => return GuardVerdict::NeedsUsage(imdsv1.lookback),
-        Some(Ok(calls)) if *calls > 0.0 => {
+        Some(Ok(series)) if series.after_boot(facts.launched, imdsv1.boot_window) > 0.0 => {
+            let calls = series.after_boot(facts.launched, imdsv1.boot_window);
             let hours = imdsv1.lookback.as_secs_f64() / 3600.0;
+            let after_boot = match facts.launched {
+                Some(_) => format!(
+                    " (after the first {} since launch)",
+                    humantime::format_duration(imdsv1.boot_window)
+                ),
+                None => String::new(),
+            };
             let message = format!(
-                "{calls} IMDSv1 calls (CloudWatch MetadataNoToken) in the last {hours}h; move those callers to IMDSv2 first"
+                "{calls} IMDSv1 calls (CloudWatch MetadataNoToken) in the last {hours}h{after_boot}; move those callers to IMDSv2 first"
             );
             (Reason::Imdsv1InUse, message)
         }
@@ -177,13 +197,22 @@ mod tests {
     }
 
     fn guard(mode: GuardMode, lookback: Duration) -> Imdsv1Guard {
-        Imdsv1Guard { mode, lookback }
+        Imdsv1Guard {
+            mode,
+            lookback,
+            boot_window: DEFAULT_BOOT_WINDOW,
+        }
     }
 
+    /// Facts with one sum per lookback (one period) and no launch time: every call counts.
     fn facts(tag_keys: &[&str], calls: &[(Duration, Result<f64, Failure>)]) -> GuardFacts {
         GuardFacts {
             tag_keys: tag_keys.iter().map(|k| k.to_string()).collect(),
-            imdsv1_calls: calls.iter().cloned().collect(),
+            imdsv1_calls: calls
+                .iter()
+                .map(|(lookback, c)| (*lookback, c.clone().map(|c| UsageSeries::single(300, 0, c))))
+                .collect(),
+            launched: None,
         }
     }
 
@@ -209,6 +238,60 @@ mod tests {
             GuardVerdict::Warn(w) => (Got::Warn, Some(w.message.clone())),
             GuardVerdict::Block { reason, message } => (Got::Block(*reason), Some(message.clone())),
             GuardVerdict::NeedsUsage(lookback) => (Got::NeedsUsage(*lookback), None),
+        }
+    }
+
+    /// The boot window: calls only in an instance's first minutes do not block; calls after
+    /// them do; without a launch time every call counts.
+    #[test]
+    fn boot_noise_does_not_block_but_later_calls_do() {
+        let launch = 1_800_000_000_i64; // on a 5-minute boundary
+        let launched = Timestamp::from_second(launch).ok();
+        let day = hours(24);
+        let series = |points: &[(i64, f64)]| UsageSeries {
+            period_secs: 300,
+            points: points.to_vec(),
+        };
+        // (points after launch in seconds, launch known, verdict is a block)
+        type Case = (Vec<(i64, f64)>, bool, bool, &'static str);
+        let cases: Vec<Case> = vec![
+            (vec![(0, 4.0), (300, 1.0)], true, false, "the VPC CNI's first start"),
+            (vec![(0, 4.0), (900, 1.0)], true, true, "a caller after 15 minutes"),
+            (vec![(0, 4.0)], false, true, "launch time unknown"),
+        ];
+        for (points, known, blocks, why) in cases {
+            let facts = GuardFacts {
+                tag_keys: Vec::new(),
+                imdsv1_calls: [(
+                    day,
+                    Ok(series(
+                        &points.iter().map(|(t, c)| (launch + t, *c)).collect::<Vec<_>>(),
+                    )),
+                )]
+                .into(),
+                launched: if known { launched } else { None },
+            };
+            let request = opts(HttpTokens::Required, Toggle::Disabled);
+            let verdict = check(
+                &request,
+                &seen(HttpTokens::Optional, Toggle::Disabled),
+                guard(GuardMode::Block, day),
+                &facts,
+            );
+            match verdict {
+                GuardVerdict::Block { reason, message } => {
+                    assert!(blocks, "{why}: blocked: {message}");
+                    assert_eq!(reason, Reason::Imdsv1InUse, "{why}");
+                    if known {
+                        assert!(
+                            message.contains("1 IMDSv1 calls") && message.contains("after the first 10m since launch"),
+                            "{why}: {message}"
+                        );
+                    }
+                }
+                GuardVerdict::Allow => assert!(!blocks, "{why}: allowed"),
+                other => panic!("{why}: {other:?}"),
+            }
         }
     }
 

@@ -326,6 +326,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::api::{HttpTokens, MetadataOptions, Toggle};
     use crate::fixtures::{hop, policy, tokens};
+    use crate::usage::UsageSeries;
 
     const ID: &str = "i-0123456789abcdef0";
 
@@ -648,7 +649,11 @@ pub(crate) mod tests {
     fn calls(lookbacks: &[(u64, Result<f64, Failure>)]) -> GuardFacts {
         GuardFacts {
             tag_keys: Vec::new(),
-            imdsv1_calls: lookbacks.iter().map(|(h, c)| (hours(*h), c.clone())).collect(),
+            imdsv1_calls: lookbacks
+                .iter()
+                .map(|(h, c)| (hours(*h), c.clone().map(|c| UsageSeries::single(300, 0, c))))
+                .collect(),
+            launched: None,
         }
     }
 
@@ -849,6 +854,7 @@ pub(crate) mod tests {
                 facts: GuardFacts {
                     tag_keys: vec!["Name".into(), "team/owner".into()],
                     imdsv1_calls: BTreeMap::new(),
+                    launched: None,
                 },
                 want: blocked(
                     Reason::TagKeyNotAllowed,

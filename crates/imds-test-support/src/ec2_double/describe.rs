@@ -190,6 +190,13 @@ fn parse_next_token(token: &str) -> Result<usize, ApiError> {
         .ok_or_else(|| ApiError::invalid(format!("Invalid value '{token}' for NextToken")))
 }
 
+/// `LaunchTime` as EC2 writes it (ISO 8601, UTC, milliseconds: `2026-12-01T14:00:00.000Z`).
+fn launch_time(at: std::time::SystemTime) -> String {
+    let secs = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let at = k8s_openapi::jiff::Timestamp::from_second(i64::try_from(secs).unwrap_or(0)).unwrap_or_default();
+    at.strftime("%Y-%m-%dT%H:%M:%S.000Z").to_string()
+}
+
 /// One instance in its own reservation.
 fn write_reservation(xml: &mut String, id: &str, instance: &Instance, apply_state: &str) {
     let o = &instance.options;
@@ -200,11 +207,12 @@ fn write_reservation(xml: &mut String, id: &str, instance: &Instance, apply_stat
          <instanceId>{id}</instanceId>\
          <imageId>ami-12c6146b</imageId>\
          <instanceState><code>{code}</code><name>{state}</name></instanceState>\
-         <instanceType>m5.large</instanceType>",
+         <instanceType>m5.large</instanceType><launchTime>{launched}</launchTime>",
         reservation = escape(&instance.reservation_id),
         id = escape(id),
         code = instance.state.code(),
         state = instance.state.name(),
+        launched = launch_time(instance.launched),
     );
     xml.push_str("<tagSet>");
     for (key, value) in &instance.tags {

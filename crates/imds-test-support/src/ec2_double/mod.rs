@@ -248,9 +248,15 @@ impl Ec2Double {
             state: InstanceState::Running,
             unsupported: BTreeSet::new(),
             reservation_id: format!("r-{:017x}", shared.reservation_count),
+            launched: std::time::SystemTime::now(),
         };
         let previous = shared.instances.insert(id.to_string(), instance);
         assert!(previous.is_none(), "instance {id} added twice");
+    }
+
+    /// Sets an instance's `LaunchTime` (e.g. long ago, for an instance that is not new).
+    pub fn set_launch_time(&self, id: &str, launched: std::time::SystemTime) {
+        self.with_instance(id, |i| i.launched = launched);
     }
 
     /// Marks an instance terminated: DescribeInstances still lists it (state `terminated`), and

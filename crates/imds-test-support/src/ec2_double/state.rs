@@ -75,6 +75,8 @@ pub(super) struct Instance {
     /// Options this instance cannot take (see [`super::Ec2Double::unsupported`]).
     pub(super) unsupported: BTreeSet<Field>,
     pub(super) reservation_id: String,
+    /// `LaunchTime` (when it was added, unless a test set another).
+    pub(super) launched: std::time::SystemTime,
 }
 
 /// Every call of `actions` (every action when empty) is answered with `error` until `until`.

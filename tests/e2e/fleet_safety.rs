@@ -1,0 +1,80 @@
+//! Safety that learns from the fleet (issue 14): the IMDSv1-usage guard judges an instance's
+//! calls after its boot window (`ignoreAfterLaunch`), from `MetadataNoToken` per period and the
+//! instance's `LaunchTime`. EC2 is the local double (whose `LaunchTime` a test can set), CloudWatch
+//! is moto's (through `AWS_ENDPOINT_URL_CLOUDWATCH`).
+
+use crate::safety::{FAST, policy, v1_instance};
+use anyhow::Result;
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+use imds_test_support::Moto;
+use imds_test_support::e2e::{Cluster, Operator, condition, provider_id};
+use imds_test_support::ec2_double::Ec2Double;
+use std::time::{Duration, SystemTime};
+
+/// Puts `calls` tokenless IMDS calls of instance `id` at `at`.
+async fn put_tokenless_calls_at(cw: &aws_sdk_cloudwatch::Client, id: &str, calls: f64, at: SystemTime) -> Result<()> {
+    let datum = MetricDatum::builder()
+        .metric_name("MetadataNoToken")
+        .dimensions(Dimension::builder().name("InstanceId").value(id).build())
+        .unit(StandardUnit::Count)
+        .value(calls)
+        .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from(at))
+        .build();
+    cw.put_metric_data()
+        .namespace("AWS/EC2")
+        .metric_data(datum)
+        .send()
+        .await?;
+    Ok(())
+}
+
+/// A new node whose only IMDSv1 calls came at first boot is enforced at once; a node launched
+/// two hours ago that made calls half an hour ago is blocked, and its message says the calls
+/// came after the boot window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_noise_does_not_block_a_new_node_but_later_calls_do() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let double = Ec2Double::start().await;
+    let moto = Moto::start()?;
+    let cw = moto.cloudwatch_client().await;
+    let new_node = "i-0000000000000000a";
+    let old_node = "i-0000000000000000b";
+    double.add_instance(new_node, v1_instance(), &[]);
+    double.add_instance(old_node, v1_instance(), &[]);
+    let now = SystemTime::now();
+    double.set_launch_time(old_node, now - Duration::from_secs(2 * 3600));
+    // The new node's first start (a minute ago is before it was added: still its boot window,
+    // since the window is judged by period and periods ending before launch + 10m do not count).
+    put_tokenless_calls_at(&cw, new_node, 6.0, now).await?;
+    put_tokenless_calls_at(&cw, old_node, 3.0, now - Duration::from_secs(1800)).await?;
+    cluster.create_node("new", &[], Some(&provider_id(new_node))).await?;
+    cluster.create_node("old", &[], Some(&provider_id(old_node))).await?;
+
+    let mut env = double.aws_env();
+    env.push(("AWS_ENDPOINT_URL_CLOUDWATCH".into(), moto.endpoint()));
+    let mut operator = Operator::start(&cluster, &env, &["--leader-election=false", "--resync-period=10m"]).await?;
+    cluster.apply(&policy("v2", "{httpTokens: required}", FAST))?;
+    let status = cluster
+        .wait_status("v2", "new enforced, old blocked", |_, s| {
+            s.blocked_nodes == 1 && s.compliant_nodes == 1
+        })
+        .await?;
+    assert_eq!(condition(&status, "Stalled"), ("True".into(), "IMDSv1InUse".into()));
+    let report = &status.non_compliant_nodes[0];
+    assert_eq!((report.node.as_str(), report.reason.as_str()), ("old", "IMDSv1InUse"));
+    let message = report.message.as_deref().unwrap_or("");
+    assert!(
+        message.contains("3 IMDSv1 calls") && message.contains("after the first 10m since launch"),
+        "{report:?}"
+    );
+    assert_eq!(
+        double.options(new_node).expect("known").http_tokens.as_str(),
+        "required"
+    );
+    assert_eq!(
+        double.options(old_node).expect("known").http_tokens.as_str(),
+        "optional"
+    );
+    operator.ensure_running()?;
+    Ok(())
+}
