@@ -6,6 +6,7 @@ mod faults;
 mod fleet_safety;
 mod invalid;
 mod moto_scenarios;
+mod observability;
 mod records;
 mod report;
 mod safety;

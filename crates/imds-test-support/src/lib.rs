@@ -25,6 +25,7 @@ pub mod e2e;
 pub mod ec2_double;
 pub mod moto;
 pub mod nodes;
+pub mod observability;
 pub mod process;
 pub mod procstat;
 pub mod tcp_proxy;
