@@ -27,6 +27,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const NAMESPACE: &str = "AWS/EC2";
 /// Successful IMDS calls made without a session token (IMDSv1).
 pub const METRIC_NAME: &str = "MetadataNoToken";
+/// IMDS calls without a session token that were refused because the instance requires IMDSv2:
+/// after a move to `httpTokens: required`, the sign that something on the node broke.
+pub const REJECTED_METRIC_NAME: &str = "MetadataNoTokenRejected";
 /// The dimension that names the instance.
 pub const DIMENSION: &str = "InstanceId";
 /// The statistic read.
@@ -103,15 +106,16 @@ pub fn window(now: SystemTime, lookback: Duration, period_secs: i32) -> (u64, u6
     (start, end.max(start.saturating_add(period)))
 }
 
-/// One Sum query of [`METRIC_NAME`] per instance, with ids from [`query_id`] in batch order.
-pub fn build_queries(batch: &[String], period_secs: i32) -> Vec<MetricDataQuery> {
+/// One Sum query of `metric_name` ([`METRIC_NAME`] or [`REJECTED_METRIC_NAME`]) per instance,
+/// with ids from [`query_id`] in batch order.
+pub fn build_queries(batch: &[String], metric_name: &str, period_secs: i32) -> Vec<MetricDataQuery> {
     batch
         .iter()
         .enumerate()
         .map(|(index, instance_id)| {
             let metric = Metric::builder()
                 .namespace(NAMESPACE)
-                .metric_name(METRIC_NAME)
+                .metric_name(metric_name)
                 .dimensions(Dimension::builder().name(DIMENSION).value(instance_id).build())
                 .build();
             MetricDataQuery::builder()
@@ -288,9 +292,10 @@ impl UsageReader {
         }
     }
 
-    /// Sum of MetadataNoToken per instance over [now - lookback, now]. One GetMetricData call per
-    /// up to 500 metric queries (CloudWatch's limit), paginated with NextToken. An instance with no
-    /// datapoints has 0. Errors are per batch: every id of a failed batch maps to Err.
+    /// MetadataNoToken per instance and period over [now - lookback, now]. One GetMetricData call
+    /// per up to 500 metric queries (CloudWatch's limit), paginated with NextToken. An instance with
+    /// no datapoints has none (0 calls). Errors are per batch: every id of a failed batch maps to
+    /// Err.
     ///
     /// The window is widened to whole periods (see [`window`]). Every distinct requested id gets
     /// an answer; a query that CloudWatch answers `Forbidden` or `InternalError`, or does not
@@ -301,11 +306,33 @@ impl UsageReader {
         lookback: Duration,
         now: SystemTime,
     ) -> HashMap<String, Result<UsageSeries, AwsError>> {
+        self.calls(METRIC_NAME, instance_ids, lookback, now).await
+    }
+
+    /// Like [`UsageReader::tokenless_calls`], for [`REJECTED_METRIC_NAME`]: the IMDSv1 calls EC2
+    /// refused (the verification after a move to `httpTokens: required`).
+    pub async fn rejected_calls(
+        &self,
+        instance_ids: &[String],
+        lookback: Duration,
+        now: SystemTime,
+    ) -> HashMap<String, Result<UsageSeries, AwsError>> {
+        self.calls(REJECTED_METRIC_NAME, instance_ids, lookback, now).await
+    }
+
+    async fn calls(
+        &self,
+        metric_name: &str,
+        instance_ids: &[String],
+        lookback: Duration,
+        now: SystemTime,
+    ) -> HashMap<String, Result<UsageSeries, AwsError>> {
         let period = period_for(lookback);
         let (start, end) = window(now, lookback, period);
         let mut out = HashMap::with_capacity(instance_ids.len());
         for batch in batches(instance_ids) {
-            match self.read_batch(&batch, period, start, end).await {
+            let queries = build_queries(&batch, metric_name, period);
+            match self.read_batch(&batch, queries, period, start, end).await {
                 Ok(totals) => out.extend(totals.finish(&batch)),
                 Err(err) => {
                     tracing::debug!(instances = batch.len(), error = %err, "usage batch failed");
@@ -344,8 +371,14 @@ impl UsageReader {
         out
     }
 
-    async fn read_batch(&self, batch: &[String], period: i32, start: u64, end: u64) -> Result<BatchTotals, AwsError> {
-        let queries = build_queries(batch, period);
+    async fn read_batch(
+        &self,
+        batch: &[String],
+        queries: Vec<MetricDataQuery>,
+        period: i32,
+        start: u64,
+        end: u64,
+    ) -> Result<BatchTotals, AwsError> {
         let secs = |s: u64| DateTime::from_secs(i64::try_from(s).unwrap_or(i64::MAX));
         let mut totals = BatchTotals::new(batch.len(), period);
         let mut next_token: Option<String> = None;
@@ -428,7 +461,7 @@ mod tests {
     #[test]
     fn queries_read_the_sum_of_metadata_no_token_per_instance() {
         let batch = ids(3);
-        let queries = build_queries(&batch, PERIOD_SECS);
+        let queries = build_queries(&batch, METRIC_NAME, PERIOD_SECS);
         assert_eq!(queries.len(), 3);
         for (i, q) in queries.iter().enumerate() {
             assert_eq!(q.id(), Some(query_id(i).as_str()));

@@ -79,7 +79,8 @@ async fn restore(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<usize
     refresh(ctx, &observed.instance_ids, true).await;
     let mut survey = survey(ctx, policy, &observed).await;
     write_hand_overs(ctx, &policy.name_any(), &mut survey).await;
-    let state = rollout::state(policy, ctx, &observed).await;
+    // A restore is not verified: it takes instances back to the options they had.
+    let state = rollout::state(policy, ctx, &observed, false).await;
     let allowed = match state.halt {
         Some(_) => 0,
         None => {

@@ -122,12 +122,11 @@ pub async fn publish_halt(
         .find(|c| c.type_ == condition::STALLED)
         .map(|c| c.message.clone())
         .unwrap_or_default();
-    publish(
-        ctx,
-        policy,
-        PolicyEvent::warning(None, Reason::RolloutHalted, action, note),
-    )
-    .await;
+    let reason = status
+        .rollout_halt
+        .as_ref()
+        .map_or(Reason::RolloutHalted, imds_core::status::halt_reason);
+    publish(ctx, policy, PolicyEvent::warning(None, reason, action, note)).await;
 }
 
 fn truncate(mut s: String, max: usize) -> String {

@@ -70,7 +70,7 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
     let plans = observe::plan_reading_usage(ctx, &observed).await;
 
     // Staged rollout: halted? How many may start now?
-    let rollout = rollout::state(policy, ctx, &observed).await;
+    let rollout = rollout::state(policy, ctx, &observed, true).await;
     let limit = max_in_flight(&policy.spec.rollout.max_in_flight, observed.selected.len());
     let allowed = match rollout.halt {
         Some(_) => 0,

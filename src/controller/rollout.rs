@@ -4,20 +4,63 @@
 
 use super::context::Context;
 use super::observe::Observed;
-use imds_core::api::{InstanceMetadataPolicy, RESUME_ANNOTATION};
+use imds_core::api::{InstanceMetadataPolicy, RESUME_ANNOTATION, RejectedCallsAction};
 use imds_core::plan::NodePlan;
 use imds_core::record::{self, ChangeState, InstanceRecord};
-use imds_core::rollout::{self, HaltRecord, RecentChange, RolloutState};
+use imds_core::rollout::{self, HaltRecord, RecentChange, RolloutState, Watch};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+/// The verification window of `policy`'s rollout (`None`: `onRejectedCalls: Ignore`).
+pub fn verify_window(policy: &InstanceMetadataPolicy) -> Option<Duration> {
+    let verify = &policy.spec.rollout.verify;
+    (verify.on_rejected_calls != RejectedCallsAction::Ignore)
+        .then(|| humantime::parse_duration(&verify.window).unwrap_or(DEFAULT_VERIFY_WINDOW))
+}
+
+/// The window used when `rollout.verify.window` cannot be parsed (the API's default).
+const DEFAULT_VERIFY_WINDOW: Duration = Duration::from_secs(900);
+
+/// The IMDSv1 calls refused (`MetadataNoTokenRejected`) since each change being verified, by
+/// instance; an instance CloudWatch gave no usable answer for is absent (no verdict: it keeps
+/// counting as changing until its window ends).
+async fn rejected_since_change(
+    ctx: &Context,
+    recent: &[RecentChange],
+    window: Option<Duration>,
+) -> HashMap<String, f64> {
+    let verifying: Vec<&RecentChange> = rollout::verifying(recent, window).collect();
+    let Some(window) = window.filter(|_| !verifying.is_empty()) else {
+        return HashMap::new();
+    };
+    let ids: Vec<String> = verifying.iter().map(|c| c.instance_id.clone()).collect();
+    let now = std::time::SystemTime::now();
+    let answers = ctx.clients.usage.rejected_calls(&ids, window, now).await;
+    let now = Timestamp::now();
+    verifying
+        .iter()
+        .filter_map(|c| {
+            let series = match answers.get(&c.instance_id)? {
+                Ok(series) => series,
+                Err(error) => {
+                    tracing::warn!(instance = %c.instance_id, %error, "cannot verify: MetadataNoTokenRejected unreadable");
+                    return None;
+                }
+            };
+            let changed_at = Timestamp::from_second(now.as_second().saturating_sub(c.age.as_secs() as i64)).ok()?;
+            Some((c.instance_id.clone(), series.after(changed_at)))
+        })
+        .collect()
+}
+
 /// The rollout's state: the halt carried over from the last status (unless a person resumed or
-/// the spec changed), or a new one when a node changed within the halt window turned NotReady.
-/// A lifted halt forgets the accepted changes of the selected instances.
-pub async fn state(policy: &InstanceMetadataPolicy, ctx: &Context, observed: &Observed) -> RolloutState {
+/// the spec changed), or a new one when a node changed within the halt window turned NotReady,
+/// or (when `verify`) an instance moved to IMDSv2 within the verification window refused IMDSv1
+/// calls. A lifted halt forgets the accepted changes of the selected instances.
+pub async fn state(policy: &InstanceMetadataPolicy, ctx: &Context, observed: &Observed, verify: bool) -> RolloutState {
     let generation = policy.metadata.generation.unwrap_or_default();
     let status = policy.status.clone().unwrap_or_default();
     let record = HaltRecord {
@@ -30,7 +73,17 @@ pub async fn state(policy: &InstanceMetadataPolicy, ctx: &Context, observed: &Ob
     let now = Timestamp::now();
     let recent = recent_changes(&records, now);
     let is_ready = |node: &str| observed.readiness.get(node).copied().flatten();
-    let state = rollout::rollout_state(&record, generation, &recent, window, is_ready, Time(now));
+    let watch = Watch {
+        not_ready: window,
+        verify: verify_window(policy).filter(|_| verify),
+    };
+    let rejected = if record.halt.is_none() {
+        rejected_since_change(ctx, &recent, watch.verify).await
+    } else {
+        HashMap::new()
+    };
+    let rejected_calls = |c: &RecentChange| rejected.get(&c.instance_id).copied();
+    let state = rollout::rollout_state(&record, generation, &recent, watch, is_ready, rejected_calls, Time(now));
     if state.lifted {
         forget_accepted_changes(ctx, &observed.instance_ids).await;
         tracing::info!(policy = %policy.name_any(), "rollout resumed");
@@ -49,6 +102,7 @@ pub fn recent_changes(records: &HashMap<String, InstanceRecord>, now: Timestamp)
                 instance_id: id.clone(),
                 age: record::age(change.at, now),
                 was_ready: change.was_ready,
+                requires_tokens: record::requires_tokens(change),
             })
         })
         .collect()
@@ -75,15 +129,21 @@ pub async fn in_flight(ctx: &Context, policy: &InstanceMetadataPolicy, plans: &[
 }
 
 /// The instances among `ids` whose last recorded request still counts toward `maxInFlight`
-/// (not answered yet, or accepted less than the policy's `settleSeconds` ago).
+/// (not answered yet, or accepted less than the policy's `settleSeconds` ago, or — a move to
+/// IMDSv2 — less than its verification window ago).
 pub async fn changing(ctx: &Context, policy: &InstanceMetadataPolicy, ids: &[String]) -> HashSet<String> {
     let settle = Duration::from_secs(policy.spec.rollout.settle_seconds.max(0) as u64);
+    let verify = verify_window(policy);
     let now = Timestamp::now();
     ctx.records
         .valid(ids)
         .await
         .into_iter()
-        .filter(|(_, r)| r.change.as_ref().is_some_and(|c| record::in_flight(c, now, settle)))
+        .filter(|(_, r)| {
+            r.change
+                .as_ref()
+                .is_some_and(|c| record::in_flight_until_verified(c, now, settle, verify))
+        })
         .map(|(id, _)| id)
         .collect()
 }

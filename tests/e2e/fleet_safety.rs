@@ -3,7 +3,7 @@
 //! instance's `LaunchTime`. EC2 is the local double (whose `LaunchTime` a test can set), CloudWatch
 //! is moto's (through `AWS_ENDPOINT_URL_CLOUDWATCH`).
 
-use crate::safety::{FAST, policy, v1_instance};
+use crate::safety::{FAST, NO_USAGE_GUARD, policy, v1_instance};
 use anyhow::Result;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use imds_test_support::Moto;
@@ -74,6 +74,76 @@ async fn boot_noise_does_not_block_a_new_node_but_later_calls_do() -> Result<()>
     assert_eq!(
         double.options(old_node).expect("known").http_tokens.as_str(),
         "optional"
+    );
+    operator.ensure_running()?;
+    Ok(())
+}
+
+/// Puts `calls` IMDSv1 calls that EC2 refused on instance `id`, now.
+async fn put_rejected_calls(cw: &aws_sdk_cloudwatch::Client, id: &str, calls: f64) -> Result<()> {
+    let datum = MetricDatum::builder()
+        .metric_name("MetadataNoTokenRejected")
+        .dimensions(Dimension::builder().name("InstanceId").value(id).build())
+        .unit(StandardUnit::Count)
+        .value(calls)
+        .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from(SystemTime::now()))
+        .build();
+    cw.put_metric_data()
+        .namespace("AWS/EC2")
+        .metric_data(datum)
+        .send()
+        .await?;
+    Ok(())
+}
+
+/// Verification after the change: one instance at a time is moved to IMDSv2; the first one then
+/// refuses IMDSv1 calls (`MetadataNoTokenRejected`) within its verification window, so the
+/// rollout halts (`Stalled`, `IMDSv1CallsRejected`, the node and the count in status) and the
+/// second instance is never changed — it waited for the first one's verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_imdsv1_calls_after_the_change_halt_the_rollout() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let double = Ec2Double::start().await;
+    let moto = Moto::start()?;
+    let cw = moto.cloudwatch_client().await;
+    let ids = ["i-0000000000000001a", "i-0000000000000001b"];
+    for (i, id) in ids.iter().enumerate() {
+        double.add_instance(id, v1_instance(), &[]);
+        cluster
+            .create_node(&format!("n{i}"), &[], Some(&provider_id(id)))
+            .await?;
+    }
+    let mut env = double.aws_env();
+    env.push(("AWS_ENDPOINT_URL_CLOUDWATCH".into(), moto.endpoint()));
+    let mut operator = Operator::start(&cluster, &env, &["--leader-election=false", "--resync-period=10m"]).await?;
+    let staged = format!(
+        "{NO_USAGE_GUARD}  rollout: {{maxInFlight: 1, settleSeconds: 0, verify: {{window: 15m, onRejectedCalls: Halt}}}}\n"
+    );
+    cluster.apply(&policy("v2", "{httpTokens: required}", &staged))?;
+    let required = |id: &str| double.options(id).is_some_and(|o| o.http_tokens.as_str() == "required");
+    let mut changed = None;
+    for _ in 0..120 {
+        changed = ids.iter().find(|id| required(id)).copied();
+        if changed.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let changed = changed.ok_or_else(|| anyhow::anyhow!("no instance was moved to required within 60s"))?;
+    let other = ids.iter().find(|id| **id != changed).copied().unwrap_or_default();
+    put_rejected_calls(&cw, changed, 5.0).await?;
+    let status = cluster
+        .wait_status("v2", "halted on rejected calls", |_, s| s.rollout_halt.is_some())
+        .await?;
+    assert_eq!(
+        condition(&status, "Stalled"),
+        ("True".into(), "IMDSv1CallsRejected".into())
+    );
+    let halt = status.rollout_halt.as_ref().expect("halted");
+    assert_eq!((halt.instance_id.as_str(), halt.rejected_calls), (changed, Some(5)));
+    assert!(
+        !required(other),
+        "the second instance waited for the first one's verdict"
     );
     operator.ensure_running()?;
     Ok(())

@@ -266,7 +266,7 @@ async fn killed_operators_keep_the_rollout_limits_and_halt_after_a_restart() -> 
         "staged",
         "crash",
         "{httpTokens: required}",
-        "  rollout: {maxInFlight: 2, settleSeconds: 8, haltOnNotReadyWithinSeconds: 600}\n",
+        "  rollout: {maxInFlight: 2, settleSeconds: 8, haltOnNotReadyWithinSeconds: 600, verify: {onRejectedCalls: Ignore}}\n",
     ))?;
     let mut restarts = 0;
     // Kill mid-rollout and restart: twice with the same identity (it re-takes the lease at once),
@@ -338,7 +338,7 @@ async fn restore_is_a_staged_rollout_that_can_halt_and_be_abandoned() -> Result<
         "slow",
         "restore",
         "{httpTokens: required}",
-        "  rollout: {maxInFlight: 1, settleSeconds: 3, haltOnNotReadyWithinSeconds: 600}\n  onDelete: Restore\n",
+        "  rollout: {maxInFlight: 1, settleSeconds: 3, haltOnNotReadyWithinSeconds: 600, verify: {onRejectedCalls: Ignore}}\n  onDelete: Restore\n",
     ))?;
     cluster
         .wait_status("slow", "all compliant", |_, s| s.compliant_nodes == 4)
@@ -429,7 +429,7 @@ async fn a_refused_request_does_not_hold_a_rollout_slot() -> Result<()> {
         "one-at-a-time",
         "slot",
         "{httpPutResponseHopLimit: 2}",
-        "  rollout: {maxInFlight: 1, settleSeconds: 1}\n",
+        "  rollout: {maxInFlight: 1, settleSeconds: 1, verify: {onRejectedCalls: Ignore}}\n",
     ))?;
     let status = cluster
         .wait_status("one-at-a-time", "the others converge", |_, s| {

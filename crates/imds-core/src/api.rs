@@ -213,6 +213,54 @@ pub struct Rollout {
     #[serde(default = "default_halt_window")]
     #[schemars(range(min = 0, max = 86400))]
     pub halt_on_not_ready_within_seconds: i32,
+    /// Verification after the change: IMDSv1 calls that EC2 refused (CloudWatch
+    /// `MetadataNoTokenRejected`) on an instance this policy moved to `httpTokens: required`
+    /// mean something on that node just broke.
+    #[serde(default)]
+    pub verify: Verify,
+}
+
+/// Verification of instances moved to `httpTokens: required`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(crates(kube_core = "::kube_core"), validation = Rule::new("!has(self.window) || (duration(self.window) >= duration('1m') && duration(self.window) <= duration('24h'))").message("rollout.verify.window must be between 1m and 24h"))]
+pub struct Verify {
+    /// How long after its change an instance is watched for rejected IMDSv1 calls, as a duration
+    /// (default `15m`, 1m to 24h). An instance counts as changing (toward `maxInFlight`) until its
+    /// window ends, so the next batch waits for the verdict; CloudWatch publishes EC2 metrics
+    /// every 5 minutes.
+    #[serde(default = "default_verify_window")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"))]
+    pub window: String,
+    /// What rejected calls within the window do: `Halt` (default) halts the rollout exactly like
+    /// a node turning NotReady (`Stalled`, reason `IMDSv1CallsRejected`, an Event; resume with the
+    /// annotation `imds-operator.io/resume-rollout` or a spec change); `Ignore` reads nothing and
+    /// does not wait.
+    #[serde(default)]
+    pub on_rejected_calls: RejectedCallsAction,
+}
+
+impl Default for Verify {
+    fn default() -> Self {
+        Verify {
+            window: default_verify_window(),
+            on_rejected_calls: RejectedCallsAction::default(),
+        }
+    }
+}
+
+fn default_verify_window() -> String {
+    "15m".to_string()
+}
+
+/// What IMDSv1 calls refused after the change do to the rollout.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RejectedCallsAction {
+    /// Halt the rollout.
+    #[default]
+    Halt,
+    /// Do not verify.
+    Ignore,
 }
 
 impl Default for Rollout {
@@ -221,6 +269,7 @@ impl Default for Rollout {
             max_in_flight: default_max_in_flight(),
             settle_seconds: default_settle_seconds(),
             halt_on_not_ready_within_seconds: default_halt_window(),
+            verify: Verify::default(),
         }
     }
 }
@@ -450,7 +499,8 @@ pub struct InstanceMetadataPolicyStatus {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutHalt {
-    /// The node that turned NotReady after the operator changed its instance.
+    /// The node that turned NotReady (or refused IMDSv1 calls) after the operator changed its
+    /// instance.
     pub node: String,
     /// Its instance.
     pub instance_id: String,
@@ -458,6 +508,10 @@ pub struct RolloutHalt {
     pub since: Time,
     /// The policy generation the halt applies to; a spec change resumes the rollout.
     pub generation: i64,
+    /// Set when the rollout halted because IMDSv1 calls were refused on the node's instance
+    /// after its change (`MetadataNoTokenRejected`, reason `IMDSv1CallsRejected`): how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_calls: Option<u64>,
 }
 
 /// Annotation that resumes a halted rollout when set to a value the operator has not acted on.

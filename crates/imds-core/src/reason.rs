@@ -40,6 +40,9 @@ pub enum Reason {
     NoBlockers,
     /// `Reconciling`, `Stalled` and Event: a node this policy changed turned NotReady.
     RolloutHalted,
+    /// `Reconciling`, `Stalled` and Event: IMDSv1 calls were refused on an instance this policy
+    /// moved to `httpTokens: required`, within `rollout.verify.window` (`MetadataNoTokenRejected`).
+    Imdsv1CallsRejected,
     /// Node, `Ready`, `Stalled` and Event: the instance made IMDSv1 calls within the lookback.
     Imdsv1InUse,
     /// Node, `Ready` and `Stalled`: `MetadataNoToken` could not be read.
@@ -85,7 +88,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 36] = [
+    pub const ALL: [Reason; 37] = [
         Reason::Compliant,
         Reason::NoNodesSelected,
         Reason::Drifted,
@@ -103,6 +106,7 @@ impl Reason {
         Reason::Ec2Error,
         Reason::NoBlockers,
         Reason::RolloutHalted,
+        Reason::Imdsv1CallsRejected,
         Reason::Imdsv1InUse,
         Reason::Imdsv1UsageUnknown,
         Reason::TagKeyNotAllowed,
@@ -144,6 +148,7 @@ impl Reason {
             Reason::Ec2Error => "EC2Error",
             Reason::NoBlockers => "NoBlockers",
             Reason::RolloutHalted => "RolloutHalted",
+            Reason::Imdsv1CallsRejected => "IMDSv1CallsRejected",
             Reason::Imdsv1InUse => "IMDSv1InUse",
             Reason::Imdsv1UsageUnknown => "IMDSv1UsageUnknown",
             Reason::TagKeyNotAllowed => "TagKeyNotAllowed",

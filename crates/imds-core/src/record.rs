@@ -344,5 +344,22 @@ pub fn in_flight(change: &ChangeRecord, now: Timestamp, settle: Duration) -> boo
     change.state == ChangeState::Sent || age(change.at, now) < settle
 }
 
+/// Whether the change's request required IMDSv2 (`httpTokens: required`).
+pub fn requires_tokens(change: &ChangeRecord) -> bool {
+    FullOptions::from_tag_value(&change.request).is_some_and(|r| r.http_tokens == crate::api::HttpTokens::Required)
+}
+
+/// [`in_flight`], where a change that required IMDSv2 also counts until its verification
+/// window `verify` has passed (the next batch waits for its verdict); `None`: not verified.
+pub fn in_flight_until_verified(
+    change: &ChangeRecord,
+    now: Timestamp,
+    settle: Duration,
+    verify: Option<Duration>,
+) -> bool {
+    let verifying = verify.filter(|_| requires_tokens(change)).unwrap_or_default();
+    in_flight(change, now, settle.max(verifying))
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! Staged rollout, pure: how many instances may start changing now, and whether a node the
-//! policy changed has turned NotReady soon after (which halts the rollout).
+//! policy changed has turned NotReady soon after, or refused IMDSv1 calls after it was moved to
+//! `httpTokens: required` (either halts the rollout).
 
 use crate::api::RolloutHalt;
 use crate::plan::{NodePlan, NodeState};
@@ -41,6 +42,41 @@ pub struct RecentChange {
     /// Whether the node was Ready when it was modified (a node that was already NotReady does
     /// not halt a rollout).
     pub was_ready: bool,
+    /// Whether the request required IMDSv2 (`httpTokens: required`): only such a change is
+    /// verified for rejected IMDSv1 calls.
+    pub requires_tokens: bool,
+}
+
+/// How long after a change its node is watched: for NotReady (`haltOnNotReadyWithinSeconds`),
+/// and for rejected IMDSv1 calls (`rollout.verify.window`; `None`: not verified).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watch {
+    /// The NotReady window (0: not watched).
+    pub not_ready: Duration,
+    /// The verification window.
+    pub verify: Option<Duration>,
+}
+
+/// The changes being verified: they required IMDSv2 less than `window` ago.
+pub fn verifying(recent: &[RecentChange], window: Option<Duration>) -> impl Iterator<Item = &RecentChange> {
+    recent
+        .iter()
+        .filter(move |c| c.requires_tokens && window.is_some_and(|w| c.age < w))
+}
+
+/// The first change (by node name) being verified whose instance refused IMDSv1 calls since
+/// it (`rejected`: the calls counted from the change on; `None` when unknown), with the count.
+pub fn rejecting_node(
+    recent: &[RecentChange],
+    window: Option<Duration>,
+    rejected: impl Fn(&RecentChange) -> Option<f64>,
+) -> Option<(&RecentChange, f64)> {
+    let mut rejecting: Vec<(&RecentChange, f64)> = verifying(recent, window)
+        .filter_map(|c| Some((c, rejected(c)?)))
+        .filter(|(_, calls)| *calls > 0.0)
+        .collect();
+    rejecting.sort_by(|a, b| a.0.node.cmp(&b.0.node));
+    rejecting.first().copied()
 }
 
 /// The first node (by name) that was Ready when modified less than `window` ago and is now
@@ -91,14 +127,16 @@ pub struct RolloutState {
 }
 
 /// Carries a halt over from the last status unless a person resumed (a new annotation value) or
-/// the spec changed (a new generation); otherwise halts when a node changed within `window` turned
-/// NotReady. `now` stamps a new halt.
+/// the spec changed (a new generation); otherwise halts when a node changed within
+/// `watch.not_ready` turned NotReady, or an instance moved to IMDSv2 within `watch.verify`
+/// refused IMDSv1 calls (`rejected`). `now` stamps a new halt.
 pub fn rollout_state(
     record: &HaltRecord,
     generation: i64,
     recent: &[RecentChange],
-    window: Duration,
+    watch: Watch,
     is_ready: impl Fn(&str) -> Option<bool>,
+    rejected: impl Fn(&RecentChange) -> Option<f64>,
     now: Time,
 ) -> RolloutState {
     if let Some(halt) = &record.halt {
@@ -121,11 +159,14 @@ pub fn rollout_state(
             lifted: true,
         };
     }
-    let halt = halting_node(recent, window, is_ready).map(|c| RolloutHalt {
+    let not_ready = halting_node(recent, watch.not_ready, is_ready).map(|c| (c, None));
+    let rejecting = || rejecting_node(recent, watch.verify, rejected).map(|(c, calls)| (c, Some(calls)));
+    let halt = not_ready.or_else(rejecting).map(|(c, calls)| RolloutHalt {
         node: c.node.clone(),
         instance_id: c.instance_id.clone(),
-        since: now,
+        since: now.clone(),
         generation,
+        rejected_calls: calls.map(|n: f64| n.round() as u64),
     });
     // Only a value set after this halt resumes it, not one left over from an earlier resume.
     let last_resume = if halt.is_some() {
@@ -185,7 +226,80 @@ mod tests {
             instance_id: format!("i-{node}"),
             age: Duration::from_secs(age_s),
             was_ready,
+            requires_tokens: true,
         }
+    }
+
+    fn not_ready_only(window: Duration) -> Watch {
+        Watch {
+            not_ready: window,
+            verify: None,
+        }
+    }
+
+    /// Verification: a change that required IMDSv2 within the window whose instance refused
+    /// calls halts; outside the window, without a verdict, or for a change that did not require
+    /// IMDSv2, it does not; NotReady comes first.
+    #[test]
+    fn rejected_calls_halt_within_the_verify_window() {
+        let watch = Watch {
+            not_ready: Duration::from_secs(600),
+            verify: Some(Duration::from_secs(900)),
+        };
+        let no_tokens = RecentChange {
+            requires_tokens: false,
+            ..change("a", 30, true)
+        };
+        let recent = vec![
+            no_tokens,
+            change("b", 60, true),
+            change("c", 1_000, true),
+            change("d", 30, true),
+        ];
+        let rejected = |calls: &'static [(&'static str, f64)]| {
+            move |c: &RecentChange| calls.iter().find(|(n, _)| *n == c.node).map(|(_, v)| *v)
+        };
+        let halted_at = |state: RolloutState| state.halt.map(|h| (h.node, h.rejected_calls));
+        let run = |calls: &'static [(&'static str, f64)], ready: &'static [(&'static str, bool)]| {
+            halted_at(rollout_state(
+                &record(None, None, None),
+                1,
+                &recent,
+                watch,
+                readiness(ready),
+                rejected(calls),
+                at(5_000),
+            ))
+        };
+        assert_eq!(run(&[("b", 3.0)], &[]), Some(("b".into(), Some(3))));
+        assert_eq!(
+            run(&[("a", 3.0), ("c", 5.0)], &[]),
+            None,
+            "not verified, or the window is over"
+        );
+        assert_eq!(run(&[("b", 0.0)], &[]), None, "no rejected calls");
+        assert_eq!(
+            run(&[("d", 1.0), ("b", 2.0)], &[]),
+            Some(("b".into(), Some(2))),
+            "the first by name"
+        );
+        assert_eq!(
+            run(&[("b", 3.0)], &[("d", false)]),
+            Some(("d".into(), None)),
+            "NotReady first"
+        );
+        let unverified = rollout_state(
+            &record(None, None, None),
+            1,
+            &recent,
+            not_ready_only(watch.not_ready),
+            readiness(&[]),
+            rejected(&[("b", 3.0)]),
+            at(5_000),
+        );
+        assert_eq!(unverified.halt, None, "verification off (Ignore)");
+        let ids: Vec<&str> = verifying(&recent, watch.verify).map(|c| c.node.as_str()).collect();
+        assert_eq!(ids, vec!["b", "d"]);
     }
 
     #[test]
@@ -231,6 +345,7 @@ mod tests {
             instance_id: format!("i-{node}"),
             since: at(500),
             generation,
+            rejected_calls: None,
         }
     }
 
@@ -275,6 +390,7 @@ mod tests {
             instance_id: format!("i-{node}"),
             since: at(NOW),
             generation: GEN,
+            rejected_calls: None,
         };
         let broken = vec![change("n1", 30, true)];
         let cases = vec![
@@ -471,7 +587,16 @@ mod tests {
             want,
         } in cases
         {
-            let got = rollout_state(&record, generation, &recent, window, readiness(ready), at(NOW));
+            let no_verdict = |_: &RecentChange| None;
+            let got = rollout_state(
+                &record,
+                generation,
+                &recent,
+                not_ready_only(window),
+                readiness(ready),
+                no_verdict,
+                at(NOW),
+            );
             assert_eq!(got, want, "{name}");
         }
     }
@@ -484,8 +609,9 @@ mod tests {
             &record(None, Some("r1"), Some("r2")),
             3,
             &recent,
-            window,
+            not_ready_only(window),
             readiness(&[("n1", false)]),
+            |_: &RecentChange| None,
             at(1_000),
         );
         assert!(first.halt.is_some());
@@ -495,7 +621,15 @@ mod tests {
                 last_resume: first.last_resume.clone(),
                 annotation: annotation.map(String::from),
             };
-            rollout_state(&next, 3, &[], window, readiness(&[]), at(2_000))
+            rollout_state(
+                &next,
+                3,
+                &[],
+                not_ready_only(window),
+                readiness(&[]),
+                |_: &RecentChange| None,
+                at(2_000),
+            )
         };
         let cases = vec![
             (

@@ -252,7 +252,7 @@ fn reconciling(f: &Facts) -> Judged {
     if let Some(halt) = &progress.halt {
         (
             false,
-            Reason::RolloutHalted,
+            halt_reason(halt),
             format!("rollout halted at node {}", halt.node),
         )
     } else if progress.deferred > 0 || actionable > 0 {
@@ -275,6 +275,30 @@ fn reconciling(f: &Facts) -> Judged {
     }
 }
 
+/// The reason of a halt: a node turned NotReady, or refused IMDSv1 calls after its change.
+pub fn halt_reason(halt: &RolloutHalt) -> Reason {
+    match halt.rejected_calls {
+        Some(_) => Reason::Imdsv1CallsRejected,
+        None => Reason::RolloutHalted,
+    }
+}
+
+/// What a halt says to a person: the node, why, and how to resume.
+pub fn halt_message(halt: &RolloutHalt) -> String {
+    let why = match halt.rejected_calls {
+        Some(calls) => format!(
+            "refused {calls} IMDSv1 calls (CloudWatch MetadataNoTokenRejected) after it was moved to httpTokens: required: something on it still uses IMDSv1; fix the caller (or set its options back)"
+        ),
+        None => "turned NotReady after its change".to_string(),
+    };
+    format!(
+        "node {} ({}) {why}; set annotation {}=<new value> or change the spec to resume",
+        halt.node,
+        halt.instance_id,
+        crate::api::RESUME_ANNOTATION
+    )
+}
+
 /// `Stalled`: progress needs a person.
 fn stalled(f: &Facts) -> Judged {
     let s = f.s;
@@ -287,16 +311,7 @@ fn stalled(f: &Facts) -> Judged {
             first_message(plans, FailureKind::PermissionDenied),
         )
     } else if let Some(halt) = &progress.halt {
-        (
-            true,
-            Reason::RolloutHalted,
-            format!(
-                "node {} ({}) turned NotReady after its change; set annotation {}=<new value> or change the spec to resume",
-                halt.node,
-                halt.instance_id,
-                crate::api::RESUME_ANNOTATION
-            ),
-        )
+        (true, halt_reason(halt), halt_message(halt))
     } else if unsupported > 0 {
         (
             true,
@@ -534,6 +549,7 @@ mod tests {
                         instance_id: "i-d".into(),
                         since: at(1),
                         generation: 3,
+                        rejected_calls: None,
                     }),
                     ..Default::default()
                 },
@@ -651,6 +667,7 @@ mod tests {
                 instance_id: "i-1".into(),
                 since: at(90),
                 generation: 3,
+                rejected_calls: None,
             }),
             ..going
         };

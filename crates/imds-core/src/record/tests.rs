@@ -373,6 +373,29 @@ fn in_flight_until_answered_and_settled() {
     for (name, change, now, want) in cases {
         assert_eq!(in_flight(&change, now, settle), want, "{name}");
     }
+    // Verification: a change that required IMDSv2 counts until its window is over.
+    let verify = Some(Duration::from_secs(900));
+    let required = change(ChangeState::Accepted, 100, v2(2));
+    assert!(requires_tokens(&required));
+    assert!(
+        in_flight_until_verified(&required, t(999), settle, verify),
+        "still verifying"
+    );
+    assert!(
+        !in_flight_until_verified(&required, t(1_000), settle, verify),
+        "verified"
+    );
+    assert!(
+        !in_flight_until_verified(&required, t(130), settle, None),
+        "not verified: settled"
+    );
+    let mut optional = required.clone();
+    optional.request = FullOptions::EC2_LAUNCH_DEFAULTS.to_tag_value();
+    assert!(!requires_tokens(&optional));
+    assert!(
+        !in_flight_until_verified(&optional, t(130), settle, verify),
+        "not an IMDSv2 change"
+    );
     assert_eq!(age(t(200), t(100)), Duration::ZERO);
     let ancient = Timestamp::MIN;
     assert!(
