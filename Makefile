@@ -36,3 +36,15 @@ bench:
 
 build:
 	cargo build --release --locked --bin imds-operator
+
+.PHONY: image release
+
+# The container image, daemonless and reproducible (hack/image.sh): the static release binary and
+# an OCI image layout in dist/image (umoci; `skopeo copy oci:dist/image:<version> ...` pushes it).
+image:
+	bash hack/image.sh
+
+# Release artifacts in dist/ (hack/release.sh): chart package, image (OCI layout), CycloneDX SBOM,
+# cosign signature over the image digest (local key pair, no transparency log).
+release:
+	bash hack/release.sh

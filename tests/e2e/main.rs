@@ -4,10 +4,12 @@
 
 mod faults;
 mod fleet_safety;
+mod image;
 mod invalid;
 mod moto_scenarios;
 mod observability;
 mod records;
+mod registry;
 mod report;
 mod safety;
 mod shipping;

@@ -274,21 +274,44 @@ async fn chart_lints_and_renders_for_the_api_server() -> Result<()> {
     )?;
     assert!(!out.status.success(), "helm lint accepted a typo'd value");
 
-    // The chart ships the same CRD as crds/ (byte for byte).
-    let top = std::fs::read(repo_root().join("crds").join(CRD_FILE))?;
-    let copy = std::fs::read(chart.join("crds").join(CRD_FILE))?;
-    if top != copy {
-        let (top, copy) = (text(&top), text(&copy));
-        let first = top
-            .lines()
-            .zip(copy.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(top.lines().count().min(copy.lines().count()));
+    // The chart's CRD is a template (so that `helm upgrade` upgrades it): the same object as
+    // crds/ apart from the chart's labels and the keep annotation; `crds.install=false` leaves it
+    // out and `crds.keep=false` drops the annotation.
+    let plain: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("crds").join(CRD_FILE))?)?;
+    let rendered = render(cp, &["--set", "aws.region=us-east-1"])?;
+    let crd = rendered
+        .iter()
+        .find(|d| kind_of(d) == "CustomResourceDefinition")
+        .context("the chart renders no CRD")?;
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+        "{}",
+        crd["metadata"]
+    );
+    assert_eq!(crd["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm");
+    let mut stripped = crd.clone();
+    if let Some(meta) = stripped["metadata"].as_object_mut() {
+        meta.remove("labels");
+        meta.remove("annotations");
+    }
+    if stripped != plain {
         bail!(
-            "charts/imds-operator/crds/{CRD_FILE} differs from crds/{CRD_FILE} from line {} (run make generate)",
-            first + 1
+            "the chart's CRD template differs from crds/{CRD_FILE} beyond labels and annotations (run make generate)"
         );
     }
+    let without = render(cp, &["--set", "aws.region=us-east-1", "--set", "crds.install=false"])?;
+    assert!(!without.iter().any(|d| kind_of(d) == "CustomResourceDefinition"));
+    let unkept = render(cp, &["--set", "aws.region=us-east-1", "--set", "crds.keep=false"])?;
+    let unkept = unkept
+        .iter()
+        .find(|d| kind_of(d) == "CustomResourceDefinition")
+        .context("no CRD with crds.keep=false")?;
+    assert!(unkept["metadata"]["annotations"].is_null(), "{}", unkept["metadata"]);
+    assert!(
+        !chart.join("crds").exists(),
+        "charts/imds-operator/crds/ is back: Helm would install that copy and never upgrade it"
+    );
     Ok(())
 }
 
@@ -377,7 +400,7 @@ fn row(resource: &str, names: &[&str], verbs: &[&str]) -> CanRow {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_runs_as_the_charts_service_account_with_least_privilege() -> Result<()> {
-    // A bare control plane: the CRD must come from the chart's crds/.
+    // A bare control plane: the CRD must come from the chart (its CRD template).
     let cp = ControlPlane::start().await?;
     let crd_before = cp.kubectl().args(["get", "crd", CRD_NAME]).output()?;
     assert!(!crd_before.status.success(), "the CRD exists before helm install");

@@ -60,10 +60,15 @@ Name of the ServiceAccount to use.
 {{- end }}
 
 {{/*
-Container image reference.
+Container image reference: repository@digest when image.digest is set (the tag is then ignored),
+else repository:tag (the tag defaults to the chart's appVersion).
 */}}
 {{- define "imds-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
+{{- end }}
 {{- end }}
 
 {{/*

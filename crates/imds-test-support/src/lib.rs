@@ -26,8 +26,11 @@ pub mod ec2_double;
 pub mod moto;
 pub mod nodes;
 pub mod observability;
+pub mod oci;
 pub mod process;
 pub mod procstat;
+pub mod registry;
+pub mod runc;
 pub mod tcp_proxy;
 
 pub use control_plane::ControlPlane;
