@@ -12,6 +12,7 @@ use aws_sdk_ec2::types::{
     InstanceMetadataOptionsState, InstanceMetadataProtocolState, InstanceMetadataTagsState, InstanceStateName,
 };
 use imds_core::api::{HttpTokens, MetadataOptions, Toggle};
+use imds_core::launch_source::{LaunchSource, launch_source};
 use imds_core::observation::Observation;
 use imds_core::options::{ApplyState, FullOptions, ObservedOptions};
 use k8s_openapi::jiff::Timestamp;
@@ -39,6 +40,8 @@ pub struct InstanceFacts {
     pub tag_keys: Vec<String>,
     /// `LaunchTime`.
     pub launched: Option<Timestamp>,
+    /// The launch template, node group, `EC2NodeClass` or Auto Scaling group its tags name.
+    pub launch_source: Option<LaunchSource>,
 }
 
 /// The tag keys [`InstanceFacts::tag_keys`] always keeps.
@@ -62,6 +65,8 @@ pub struct Described {
     pub tag_keys: Vec<String>,
     /// `LaunchTime` (unless not found).
     pub launched: Option<Timestamp>,
+    /// Where it was launched from (see [`InstanceFacts::launch_source`]).
+    pub launch_source: Option<LaunchSource>,
 }
 
 /// Converts EC2's metadata options.
@@ -181,11 +186,13 @@ impl Ec2 {
                                 observation: Observation::Found(facts.options.clone()),
                                 tag_keys: facts.tag_keys.clone(),
                                 launched: facts.launched,
+                                launch_source: facts.launch_source.clone(),
                             },
                             None => Described {
                                 observation: Observation::NotFound,
                                 tag_keys: Vec::new(),
                                 launched: None,
+                                launch_source: None,
                             },
                         };
                         out.insert(id.clone(), entry);
@@ -198,6 +205,7 @@ impl Ec2 {
                             observation: Observation::Failed(failure.clone()),
                             tag_keys: Vec::new(),
                             launched: None,
+                            launch_source: None,
                         };
                         out.insert(id.clone(), described);
                     }
@@ -246,6 +254,13 @@ impl Ec2 {
                         launched: instance
                             .launch_time()
                             .and_then(|t| Timestamp::from_second(t.secs()).ok()),
+                        launch_source: launch_source(|key| {
+                            instance
+                                .tags()
+                                .iter()
+                                .find(|t| t.key() == Some(key))
+                                .and_then(|t| t.value())
+                        }),
                     },
                 );
             }

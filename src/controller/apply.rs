@@ -20,6 +20,7 @@ use super::preflight::preflight;
 use crate::aws::{AwsError, AwsErrorKind};
 use futures::StreamExt;
 use imds_core::api::{FieldDrift, InstanceMetadataPolicy};
+use imds_core::launch_source::{self, LaunchSource};
 use imds_core::observation::{Failure, FailureKind, NodeInput, Observation};
 use imds_core::options::Field;
 use imds_core::options::{ApplyState, FullOptions, ObservedOptions};
@@ -379,6 +380,16 @@ fn answer_of(result: &Result<ObservedOptions, AwsError>) -> Answer {
     }
 }
 
+/// Counts a change of a new instance (launched less than an hour before) against its launch
+/// source: the source launched it drifted.
+fn count_launch_source(ctx: &Context, policy: &str, launched: Option<Timestamp>, source: Option<LaunchSource>) {
+    let now = Timestamp::now();
+    if let Some(source) = source.filter(|_| launch_source::is_new(launched, now)) {
+        ctx.metrics.launch_source_change(policy, source.kind, &source.name);
+        ctx.memo.record_launch_source(policy, source, now);
+    }
+}
+
 /// Records an accepted request in the cache and reports it.
 async fn record_modified(ctx: &Context, policy: &InstanceMetadataPolicy, claim: Claimed, answer: ObservedOptions) {
     let Claimed {
@@ -390,12 +401,14 @@ async fn record_modified(ctx: &Context, policy: &InstanceMetadataPolicy, claim: 
         ..
     } = claim;
     let pending = answer.state == ApplyState::Pending;
-    {
+    let (launched, source) = {
         let mut cache = ctx.cache.lock().await;
         let tag_keys = cache.tag_keys(&id).map(<[String]>::to_vec).unwrap_or_default();
         cache.observe(&id, Observation::Found(answer), tag_keys, tokio::time::Instant::now());
         cache.succeeded(&id);
-    }
+        (cache.launched(&id), cache.launch_source(&id))
+    };
+    count_launch_source(ctx, &policy.name_any(), launched, source);
     let changes: Vec<String> = drift
         .iter()
         .map(|d| format!("{} {}→{}", d.field, d.observed, d.desired))

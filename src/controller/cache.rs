@@ -5,6 +5,7 @@
 //! Shared by every policy's reconcile.
 
 use crate::aws::ec2::Described;
+use imds_core::launch_source::LaunchSource;
 use imds_core::observation::{Failure, Observation};
 use imds_core::options::{ApplyState, FullOptions};
 use imds_core::requeue::{backoff_base, backoff_delay};
@@ -19,6 +20,7 @@ struct Entry {
     observation: Observation,
     tag_keys: Vec<String>,
     launched: Option<Timestamp>,
+    launch_source: Option<LaunchSource>,
     fetched: Instant,
     /// Reads that failed in a row (0 after a successful one).
     failed_reads: u32,
@@ -73,12 +75,14 @@ impl InstanceCache {
     pub fn observe(&mut self, id: &str, observation: Observation, tag_keys: Vec<String>, now: Instant) {
         let failed_reads = self.failed_reads_after(id, &observation);
         let launched = self.launched(id);
+        let launch_source = self.launch_source(id);
         self.entries.insert(
             id.to_string(),
             Entry {
                 observation,
                 tag_keys,
                 launched,
+                launch_source,
                 fetched: now,
                 failed_reads,
             },
@@ -101,12 +105,14 @@ impl InstanceCache {
         let now = issued;
         let failed_reads = self.failed_reads_after(id, &described.observation);
         let launched = described.launched.or_else(|| self.launched(id));
+        let launch_source = described.launch_source.or_else(|| self.launch_source(id));
         self.entries.insert(
             id.to_string(),
             Entry {
                 observation: described.observation,
                 tag_keys: described.tag_keys,
                 launched,
+                launch_source,
                 fetched: now,
                 failed_reads,
             },
@@ -130,6 +136,11 @@ impl InstanceCache {
         ids.into_iter()
             .filter_map(|id| self.entries.get(id).map(|e| (id.clone(), e.observation.clone())))
             .collect()
+    }
+
+    /// Where an instance was launched from, when known.
+    pub fn launch_source(&self, id: &str) -> Option<LaunchSource> {
+        self.entries.get(id).and_then(|e| e.launch_source.clone())
     }
 
     /// When an instance was launched, when known.
@@ -396,6 +407,7 @@ mod tests {
             observation: found(ApplyState::Applied),
             tag_keys: vec![],
             launched: None,
+            launch_source: None,
         };
         cache.observe_described("i-1", stale.clone(), t0 + Duration::from_secs(1));
         assert_eq!(

@@ -85,7 +85,7 @@ async fn restore(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<usize
         Some(_) => 0,
         None => {
             let limit = max_in_flight(&policy.spec.rollout.max_in_flight, observed.selected.len());
-            let changing = rollout::changing(ctx, policy, &observed.instance_ids).await.len();
+            let changing = rollout::changing(ctx, policy, &observed.instance_ids, None).await.len();
             budget(limit, changing).min(ctx.config.max_modifies_per_reconcile)
         }
     };

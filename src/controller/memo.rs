@@ -4,8 +4,10 @@
 //! when each Warning was last published.
 
 use imds_core::api::InstanceMetadataPolicy;
+use imds_core::launch_source::{LaunchSource, LaunchSourceCount, SourceTally};
 use imds_core::observation::{Failure, FailureKind};
 use imds_core::requeue::{backoff_base, backoff_delay};
+use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
@@ -58,9 +60,28 @@ pub struct PolicyMemo {
     holds: Mutex<HashMap<String, Hold>>,
     triggers: Mutex<HashMap<String, u64>>,
     warnings: Mutex<HashMap<WarningKey, (Instant, u32)>>,
+    launch_sources: Mutex<HashMap<String, SourceTally>>,
 }
 
 impl PolicyMemo {
+    /// Counts a change `policy` made at `at` to a new instance of `source`.
+    pub fn record_launch_source(&self, policy: &str, source: LaunchSource, at: Timestamp) {
+        if let Ok(mut s) = self.launch_sources.lock() {
+            let tally = s.entry(policy.to_string()).or_default();
+            tally.expire(at);
+            tally.record(source, at);
+        }
+    }
+
+    /// The launch sources of `policy`'s changes to new instances in the window at `now`.
+    pub fn launch_sources(&self, policy: &str, now: Timestamp) -> Vec<LaunchSourceCount> {
+        self.launch_sources
+            .lock()
+            .ok()
+            .and_then(|s| s.get(policy).map(|t| t.counts(now)))
+            .unwrap_or_default()
+    }
+
     /// Remembers which nodes a policy selected in its last reconcile, so that a node whose
     /// labels move it away from the policy still triggers that policy.
     pub fn record_membership(&self, policy: &str, nodes: BTreeSet<String>) {
@@ -188,6 +209,9 @@ impl PolicyMemo {
 
     /// Drops everything kept for a deleted policy.
     pub fn forget_policy(&self, policy: &str) {
+        if let Ok(mut s) = self.launch_sources.lock() {
+            s.remove(policy);
+        }
         if let Ok(mut p) = self.preflight.lock() {
             p.retain(|(name, _)| name != policy);
         }

@@ -86,7 +86,8 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
 
     // Re-plan with what EC2 answered, then report.
     let plans = replan(ctx, &observed, &applied.failures, &progress, limit).await;
-    let new_status = summarize(policy, &plans, &progress);
+    let mut new_status = summarize(policy, &plans, &progress);
+    new_status.launch_sources = ctx.memo.launch_sources(&name, k8s_openapi::jiff::Timestamp::now());
     publish_conflicts(ctx, policy, &plans).await;
     publish_new_halt(ctx, policy, &progress, &new_status).await;
     patch_status(ctx, &name, &new_status).await?;

@@ -120,20 +120,31 @@ async fn forget_accepted_changes(ctx: &Context, ids: &[String]) {
         .await;
 }
 
-/// Instances of this policy that are changing: pending in EC2, sent without an answer yet, or
-/// accepted less than `settleSeconds` ago.
+/// Instances of this policy that are changing: pending in EC2, sent without an answer yet,
+/// accepted less than `settleSeconds` ago, or moved to IMDSv2 less than its verification window
+/// ago.
 pub async fn in_flight(ctx: &Context, policy: &InstanceMetadataPolicy, plans: &[NodePlan]) -> usize {
     let ids: Vec<String> = plans.iter().filter_map(|p| p.instance_id.clone()).collect();
-    let changing = changing(ctx, policy, &ids).await;
-    rollout::in_flight(plans, |id| changing.contains(id))
+    let changing = changing(ctx, policy, &ids, None).await;
+    let verifying = changing_or_verifying(ctx, policy, &ids).await;
+    rollout::in_flight(plans, |id| changing.contains(id), |id| verifying.contains(id))
+}
+
+/// [`changing`], counting a move to IMDSv2 until its verification window is over.
+async fn changing_or_verifying(ctx: &Context, policy: &InstanceMetadataPolicy, ids: &[String]) -> HashSet<String> {
+    changing(ctx, policy, ids, verify_window(policy)).await
 }
 
 /// The instances among `ids` whose last recorded request still counts toward `maxInFlight`
 /// (not answered yet, or accepted less than the policy's `settleSeconds` ago, or — a move to
-/// IMDSv2 — less than its verification window ago).
-pub async fn changing(ctx: &Context, policy: &InstanceMetadataPolicy, ids: &[String]) -> HashSet<String> {
+/// IMDSv2, when `verify` is given — less than that window ago).
+pub async fn changing(
+    ctx: &Context,
+    policy: &InstanceMetadataPolicy,
+    ids: &[String],
+    verify: Option<Duration>,
+) -> HashSet<String> {
     let settle = Duration::from_secs(policy.spec.rollout.settle_seconds.max(0) as u64);
-    let verify = verify_window(policy);
     let now = Timestamp::now();
     ctx.records
         .valid(ids)

@@ -32,6 +32,13 @@ struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LaunchSourceLabels {
+    policy: String,
+    kind: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyStateLabels {
     policy: String,
     state: String,
@@ -53,6 +60,7 @@ pub struct Metrics {
     leader: Gauge,
     client_rate: Family<OperationLabels, Gauge<f64, AtomicU64>>,
     held: Counter,
+    launch_source_changes: Family<LaunchSourceLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -62,6 +70,16 @@ impl Default for Metrics {
 }
 
 /// The client rate limit and the held triggers (how the operator behaves under faults).
+fn register_source_metrics(registry: &mut Registry) -> Family<LaunchSourceLabels, Counter> {
+    let changes = Family::<LaunchSourceLabels, Counter>::default();
+    registry.register(
+        "launch_source_changes",
+        "New instances (launched less than an hour before) a policy had to change, by the launch source their tags name (EC2NodeClass, NodeGroup, LaunchTemplate, AutoScalingGroup): fix the source to stop the churn",
+        changes.clone(),
+    );
+    changes
+}
+
 fn register_fault_metrics(registry: &mut Registry) -> (Family<OperationLabels, Gauge<f64, AtomicU64>>, Counter) {
     let client_rate = Family::<OperationLabels, Gauge<f64, AtomicU64>>::default();
     registry.register(
@@ -139,6 +157,7 @@ impl Metrics {
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
         let (client_rate, held) = register_fault_metrics(&mut registry);
+        let launch_source_changes = register_source_metrics(&mut registry);
         Metrics {
             registry,
             reconciles,
@@ -153,6 +172,7 @@ impl Metrics {
             leader,
             client_rate,
             held,
+            launch_source_changes,
         }
     }
 
@@ -226,6 +246,18 @@ impl Metrics {
     /// A modify request EC2 accepted.
     pub fn modified(&self) {
         self.modifications.inc();
+    }
+
+    /// A new instance of launch source `kind`/`name` that `policy` had to change (the labels
+    /// are bounded by the account's launch templates, node groups and node classes, not nodes).
+    pub fn launch_source_change(&self, policy: &str, kind: &str, name: &str) {
+        self.launch_source_changes
+            .get_or_create(&LaunchSourceLabels {
+                policy: policy.into(),
+                kind: kind.into(),
+                name: name.into(),
+            })
+            .inc();
     }
 
     /// The per-policy gauges.

@@ -7,7 +7,7 @@ use crate::safety::{FAST, NO_USAGE_GUARD, policy, v1_instance};
 use anyhow::Result;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use imds_test_support::Moto;
-use imds_test_support::e2e::{Cluster, Operator, condition, provider_id};
+use imds_test_support::e2e::{Cluster, Operator, condition, metric_sum, provider_id};
 use imds_test_support::ec2_double::Ec2Double;
 use std::time::{Duration, SystemTime};
 
@@ -145,6 +145,61 @@ async fn rejected_imdsv1_calls_after_the_change_halt_the_rollout() -> Result<()>
         !required(other),
         "the second instance waited for the first one's verdict"
     );
+    operator.ensure_running()?;
+    Ok(())
+}
+
+/// The source of drift: new instances a policy had to change are counted per launch source
+/// (here a launch template and version, from the instance's tags) in status and in a metric;
+/// an old instance (launched a day ago) is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_sources_of_new_drifted_instances_are_named() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let double = Ec2Double::start().await;
+    let template = [
+        ("aws:ec2launchtemplate:id", "lt-0abc"),
+        ("aws:ec2launchtemplate:version", "3"),
+    ];
+    let ids = ["i-0000000000000002a", "i-0000000000000002b", "i-0000000000000002c"];
+    for (i, id) in ids.iter().enumerate() {
+        double.add_instance(id, v1_instance(), &template);
+        cluster
+            .create_node(&format!("n{i}"), &[], Some(&provider_id(id)))
+            .await?;
+    }
+    double.set_launch_time(ids[2], SystemTime::now() - Duration::from_secs(86_400));
+    let mut operator = Operator::start(
+        &cluster,
+        &double.aws_env(),
+        &["--leader-election=false", "--resync-period=10m"],
+    )
+    .await?;
+    let extra = format!(
+        "{NO_USAGE_GUARD}  rollout: {{maxInFlight: \"100%\", settleSeconds: 0, verify: {{onRejectedCalls: Ignore}}}}\n"
+    );
+    cluster.apply(&policy("v2", "{httpTokens: required}", &extra))?;
+    let status = cluster
+        .wait_status("v2", "compliant with a launch source", |_, s| {
+            s.compliant_nodes == 3 && !s.launch_sources.is_empty()
+        })
+        .await?;
+    let sources: Vec<(&str, &str, i32)> = status
+        .launch_sources
+        .iter()
+        .map(|s| (s.kind.as_str(), s.name.as_str(), s.instances))
+        .collect();
+    assert_eq!(
+        sources,
+        vec![("LaunchTemplate", "lt-0abc:3", 2)],
+        "the old instance is not counted"
+    );
+    let metrics = operator.metrics().await?;
+    let counted = metric_sum(
+        &metrics,
+        "imds_operator_launch_source_changes_total",
+        &[r#"name="lt-0abc:3""#],
+    );
+    assert_eq!(counted, 2.0, "{metrics}");
     operator.ensure_running()?;
     Ok(())
 }

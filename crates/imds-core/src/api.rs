@@ -479,6 +479,12 @@ pub struct InstanceMetadataPolicyStatus {
     /// While an `onDelete: Restore` policy is being deleted: nodes whose options were put back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_nodes: Option<i32>,
+    /// The launch sources (Karpenter `EC2NodeClass`, EKS node group, launch template, Auto
+    /// Scaling group, from the instances' tags) whose new instances this policy had to change in
+    /// the last 24 hours, most first, at most 10: fix the source (e.g. `httpTokens: required` in
+    /// the launch template) and the churn stops.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub launch_sources: Vec<crate::launch_source::LaunchSourceCount>,
 
     /// Up to 20 selected nodes that are not compliant, with the reason and each drifted option
     /// (observed → desired). Failures and conflicts are listed first.

@@ -7,6 +7,7 @@
 //! - [`options`]: the five metadata options, EC2's launch defaults, the original-options record.
 //! - [`provider_id`]: Node `spec.providerID` → EC2 instance.
 //! - [`labels`]: node labels kept interned and shared, and the selectors that match them.
+//! - [`launch_source`]: which launch template, node group or `EC2NodeClass` keeps launching drifted instances.
 //! - [`node`]: what the operator keeps of a Node.
 //! - [`observation`]: what observe hands to planning (nodes, instances, classified failures).
 //! - [`selection`]: which policies select a node and which one decides each option.
@@ -24,6 +25,7 @@ pub mod api;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod labels;
+pub mod launch_source;
 pub mod leader;
 pub mod node;
 pub mod observation;

@@ -182,11 +182,18 @@ pub fn rollout_state(
 }
 
 /// The selected instances that are changing: pending in EC2, or with a last change that still
-/// counts (`changing`, by instance id: not answered yet, or settling).
-pub fn in_flight(plans: &[NodePlan], changing: impl Fn(&str) -> bool) -> usize {
+/// counts (`changing`, by instance id: not answered yet, or settling), or being verified after a
+/// move to IMDSv2 (`verifying`) — unless it needs a request again (changed back behind the
+/// operator's back): its own verification does not hold its slot from it.
+pub fn in_flight(plans: &[NodePlan], changing: impl Fn(&str) -> bool, verifying: impl Fn(&str) -> bool) -> usize {
     plans
         .iter()
-        .filter(|p| p.state == NodeState::Pending || p.instance_id.as_deref().is_some_and(&changing))
+        .filter(|p| {
+            let id = p.instance_id.as_deref();
+            p.state == NodeState::Pending
+                || id.is_some_and(&changing)
+                || (p.action.is_none() && id.is_some_and(&verifying))
+        })
         .count()
 }
 
@@ -767,8 +774,37 @@ mod tests {
                     .map(|(_, s)| Duration::from_secs(*s))
             };
             let changing = |id: &str| age(id).is_some_and(|a| still_settling(a, settle));
-            let got = in_flight(&plans, changing);
+            let got = in_flight(&plans, changing, |_: &str| false);
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    /// A verified instance holds its slot, unless it needs a request again.
+    #[test]
+    fn verifying_instances_count_unless_they_need_a_request_again() {
+        use crate::plan::tests::fixture;
+        let plan = |id: &str, action: bool| {
+            let mut p = NodePlan {
+                instance_id: Some(id.into()),
+                ..fixture(&format!("n-{id}"), NodeState::Compliant)
+            };
+            if action {
+                p.state = NodeState::Drifted;
+                p.action = Some(crate::options::FullOptions::EC2_LAUNCH_DEFAULTS);
+            }
+            p
+        };
+        let plans = vec![plan("a", false), plan("b", true), plan("c", false)];
+        let verifying = |id: &str| id == "a" || id == "b";
+        assert_eq!(
+            in_flight(&plans, |_: &str| false, verifying),
+            1,
+            "a holds a slot; b (changed back) does not"
+        );
+        assert_eq!(
+            in_flight(&plans, |id: &str| id == "b", verifying),
+            2,
+            "b still settling counts"
+        );
     }
 }

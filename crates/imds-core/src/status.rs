@@ -47,6 +47,7 @@ pub fn summarize(
         last_resume: progress.last_resume.clone(),
         restoring_nodes: None,
         restored_nodes: None,
+        launch_sources: Vec::new(),
         non_compliant_nodes: Vec::new(),
         last_sync_time: Some(now.clone()),
         conditions: Vec::new(),
