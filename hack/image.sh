@@ -30,6 +30,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 need() { command -v "$1" >/dev/null || { echo "[image] $1 is required (apt-get install -y $2)" >&2; exit 1; }; }
 need umoci umoci
 need python3 python3
+need strip binutils
+need readelf binutils
 [ -r /etc/ssl/certs/ca-certificates.crt ] || { echo "[image] /etc/ssl/certs/ca-certificates.crt missing (apt-get install -y ca-certificates)" >&2; exit 1; }
 
 version=$(sed -n '/^\[package\]/,/^\[/ s/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
@@ -70,6 +72,9 @@ fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# Symbols stripped (the 49 MB release binary becomes ~25 MB); strip is deterministic.
+strip --strip-all -o "$work/imds-operator" "$binary"
+binary="$work/imds-operator"
 # The layer, written by Python's tarfile with everything fixed.
 python3 - "$work/layer.tar" "$binary" "$epoch" <<'PY'
 import io, sys, tarfile
