@@ -48,7 +48,7 @@ fn dockerfile_instruction(dockerfile: &str, name: &str) -> Option<String> {
     dockerfile
         .lines()
         .filter_map(|l| l.strip_prefix(&format!("{name} ")))
-        .last()
+        .next_back()
         .map(|v| v.trim().to_string())
 }
 
