@@ -5,21 +5,27 @@
 #       the same CRD as a chart template, so that `helm upgrade` upgrades it (Helm never upgrades a
 #       chart's crds/ directory), guarded by `crds.install` and kept on uninstall when `crds.keep`
 #       (helm.sh/resource-policy: keep); see charts/imds-operator/README.md "CRDs and upgrades".
+#   crds/imds-operator.io_instancemetadatadefaults.yaml and
+#   charts/imds-operator/templates/crd-instancemetadatadefaults.yaml
+#       the same for the opt-in InstanceMetadataDefaults singleton (`imds-operator crd --kind defaults`).
 # With --check, fails (exit 1) when the committed files are stale instead of writing them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-crd_name="imds-operator.io_instancemetadatapolicies.yaml"
-plain="crds/$crd_name"
-template="charts/imds-operator/templates/crd-instancemetadatapolicies.yaml"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-cargo run --quiet --bin imds-operator -- crd >"$tmp/plain"
+
+# One CRD: `imds-operator crd --kind $1` into crds/imds-operator.io_$2.yaml and the chart
+# template charts/imds-operator/templates/crd-$2.yaml.
+generate() {
+local kind=$1 plain="crds/imds-operator.io_$2.yaml" template="charts/imds-operator/templates/crd-$2.yaml"
+mkdir -p "$tmp/$kind"
+cargo run --quiet --bin imds-operator -- crd --kind "$kind" >"$tmp/$kind/plain"
 
 # The chart template: the plain CRD with the chart's labels and the keep annotation in its
 # metadata, wrapped in the crds.install guard. Template delimiters in the generated text (a
 # description quoting Go templates) would be evaluated by Helm: refused.
-if grep -q '{{' "$tmp/plain"; then
+if grep -q '{{' "$tmp/$kind/plain"; then
   echo "generate: the CRD contains '{{'; escape it before it goes into a chart template" >&2
   exit 1
 fi
@@ -42,28 +48,36 @@ awk '
     in_meta = 0
   }
   END { print "{{- end }}" }
-' "$tmp/plain" >"$tmp/template"
+' "$tmp/$kind/plain" >"$tmp/$kind/template"
 
-if [ "${1:-}" = "--check" ]; then
-  stale=0
+if [ "$check" = 1 ]; then
   for pair in "plain:$plain" "template:$template"; do
-    generated="$tmp/${pair%%:*}" target="${pair#*:}"
+    generated="$tmp/$kind/${pair%%:*}" target="${pair#*:}"
     if ! cmp -s "$generated" "$target"; then
       echo "stale: $target differs from 'imds-operator crd' (run hack/generate.sh)" >&2
       diff -u "$target" "$generated" | head -40 >&2 || true
       stale=1
     fi
   done
+  return
+fi
+
+mkdir -p "$(dirname "$plain")" "$(dirname "$template")"
+cp "$tmp/$kind/plain" "$plain"
+cp "$tmp/$kind/template" "$template"
+echo "wrote $plain"
+echo "wrote $template"
+}
+
+check=0 stale=0
+[ "${1:-}" = "--check" ] && check=1
+generate policy instancemetadatapolicies
+generate defaults instancemetadatadefaults
+if [ "$check" = 1 ]; then
   if [ -e "charts/imds-operator/crds" ]; then
-    echo "stale: charts/imds-operator/crds/ exists; the chart's CRD is $template (remove the directory)" >&2
+    echo "stale: charts/imds-operator/crds/ exists; the chart's CRDs are templates (remove the directory)" >&2
     stale=1
   fi
   exit "$stale"
 fi
-
-mkdir -p "$(dirname "$plain")" "$(dirname "$template")"
-cp "$tmp/plain" "$plain"
-cp "$tmp/template" "$template"
 rm -rf charts/imds-operator/crds
-echo "wrote $plain"
-echo "wrote $template"

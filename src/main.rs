@@ -19,8 +19,13 @@ enum Command {
     /// Run the operator (kubeconfig or in-cluster config; the AWS SDK's standard configuration:
     /// credential chain incl. IRSA and EKS Pod Identity, AWS_REGION, AWS_ENDPOINT_URL[_EC2]).
     Run(Box<run::RunArgs>),
-    /// Print the InstanceMetadataPolicy CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML: InstanceMetadataPolicy (default), or with
+    /// `--kind defaults` the opt-in InstanceMetadataDefaults singleton.
+    Crd {
+        /// Which CRD.
+        #[arg(long, value_enum, default_value = "policy")]
+        kind: crd::CrdKind,
+    },
     /// One-shot report of every node: instance, current options, what the policies want, drift
     /// and blockers. Needs no installation (kubeconfig + AWS credentials). Exit status: 0 when
     /// the fleet complies, 1 when it does not, 2 on errors.
@@ -50,13 +55,17 @@ struct IamPolicyArgs {
     /// every principal except this role (the operator's).
     #[arg(long)]
     operator_role_arn: Option<String>,
+    /// Also allow ec2:ModifyInstanceMetadataDefaults, needed only when the
+    /// InstanceMetadataDefaults singleton is created.
+    #[arg(long)]
+    defaults_singleton: bool,
 }
 
 fn main() -> ExitCode {
     imds_operator::telemetry::memory::limit_arenas();
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => match crd::yaml() {
+        Command::Crd { kind } => match crd::yaml_of(kind) {
             Ok(yaml) => print_out(&yaml),
             Err(err) => {
                 eprintln!("error: {err}");
@@ -70,6 +79,7 @@ fn main() -> ExitCode {
                 launch_guard: args.launch_guard,
                 max_hop_limit: args.max_hop_limit,
                 operator_role_arn: args.operator_role_arn,
+                defaults_singleton: args.defaults_singleton,
             };
             match iam::render(&opts) {
                 Ok(json) => print_out(&format!("{json}\n")),

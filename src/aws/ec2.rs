@@ -21,6 +21,10 @@ use std::sync::Arc;
 
 /// At most this many values in one `instance-id` filter (EC2 rejects more than 200).
 pub const DESCRIBE_BATCH: usize = 200;
+/// `ModifyInstanceMetadataDefaults` calls per second (EC2's bucket: burst 2, 2 per second).
+pub const DEFAULTS_MODIFY_RATE: f64 = 1.0;
+/// Burst of `ModifyInstanceMetadataDefaults`.
+pub const DEFAULTS_MODIFY_BURST: u32 = 2;
 /// Page size of DescribeInstances.
 const PAGE_SIZE: i32 = 1000;
 
@@ -94,10 +98,12 @@ pub fn observed_from(response: Option<&InstanceMetadataOptionsResponse>) -> Obse
 /// The EC2 API, rate-limited and counted.
 #[derive(Clone, Debug)]
 pub struct Ec2 {
-    client: aws_sdk_ec2::Client,
-    describe_limit: Arc<RateLimiter>,
+    pub(super) client: aws_sdk_ec2::Client,
+    pub(super) describe_limit: Arc<RateLimiter>,
     modify_limit: Arc<RateLimiter>,
-    fence: WriteFence,
+    /// ModifyInstanceMetadataDefaults (sent by `aws::ec2_defaults`).
+    pub(super) defaults_modify_limit: Arc<RateLimiter>,
+    pub(super) fence: WriteFence,
     metrics: Arc<Metrics>,
 }
 
@@ -126,6 +132,7 @@ impl Ec2 {
             client: aws_sdk_ec2::Client::from_conf(config),
             describe_limit: Arc::new(RateLimiter::new(limits.describe_burst, limits.describe_per_second)),
             modify_limit: Arc::new(RateLimiter::new(limits.modify_burst, limits.modify_per_second)),
+            defaults_modify_limit: Arc::new(RateLimiter::new(DEFAULTS_MODIFY_BURST, DEFAULTS_MODIFY_RATE)),
             fence: WriteFence::open(),
             metrics,
         }
@@ -148,7 +155,7 @@ impl Ec2 {
 
     /// Counts the outcome and adapts `limiter`: throttling cuts its rate, other answers let it
     /// grow back; the current rate is a gauge.
-    async fn record<T>(&self, operation: &str, limiter: &RateLimiter, result: &Result<T, AwsError>) {
+    pub(super) async fn record<T>(&self, operation: &str, limiter: &RateLimiter, result: &Result<T, AwsError>) {
         match result {
             Ok(_) => self.metrics.aws_call(operation, "ok"),
             Err(e) => self.metrics.aws_call(operation, &e.code),

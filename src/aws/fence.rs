@@ -1,4 +1,5 @@
-//! The write fence: EC2 writes (ModifyInstanceMetadataOptions, DryRun included) pass only while
+//! The write fence: EC2 writes (ModifyInstanceMetadataOptions and ModifyInstanceMetadataDefaults,
+//! DryRun included) pass only while
 //! this replica may write — while it holds the leader lease and its renew deadline has not
 //! passed ([`imds_core::leader::WriteWindow`]). The adaptor checks it before a request is sent,
 //! and an SDK interceptor checks it again before every attempt, so that a retry never goes out

@@ -3,6 +3,8 @@
 //! - [`error`]: one classification of AWS errors for both services.
 //! - [`ec2`]: batched DescribeInstances, full-option ModifyInstanceMetadataOptions, the
 //!   original-options tag.
+//! - [`ec2_defaults`]: the region's account-level IMDS defaults (read, and modify for the
+//!   `InstanceMetadataDefaults` singleton).
 //! - [`cloudwatch`]: `MetadataNoToken` (IMDSv1 usage) through GetMetricData.
 //! - [`ratelimit`]: client-side token buckets whose rate adapts to throttling.
 //! - [`fence`]: EC2 writes pass only while this replica's leader lease is renewed.
@@ -11,6 +13,7 @@
 pub mod attempts;
 pub mod cloudwatch;
 pub mod ec2;
+pub mod ec2_defaults;
 pub mod error;
 pub mod fence;
 pub mod ratelimit;

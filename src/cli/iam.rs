@@ -47,6 +47,10 @@ pub struct IamPolicyOptions {
     /// With `launch_guard`: the operator's role ARN; when given, every other principal is denied
     /// `ec2:ModifyInstanceMetadataOptions` on the cluster's instances.
     pub operator_role_arn: Option<String>,
+    /// Also allow `ec2:ModifyInstanceMetadataDefaults`: needed only when the
+    /// `InstanceMetadataDefaults` singleton is created (the operator then sets the region's
+    /// account-level IMDS defaults).
+    pub defaults_singleton: bool,
 }
 
 impl Default for IamPolicyOptions {
@@ -57,6 +61,7 @@ impl Default for IamPolicyOptions {
             launch_guard: false,
             max_hop_limit: None,
             operator_role_arn: None,
+            defaults_singleton: false,
         }
     }
 }
@@ -149,7 +154,7 @@ impl IamPolicyOptions {
 pub fn operator_policy(opts: &IamPolicyOptions) -> Value {
     let instances = opts.instance_arn();
     let on_cluster = opts.cluster_resource_condition();
-    json!({
+    let mut doc = json!({
         "Version": POLICY_VERSION,
         "Statement": [
             {
@@ -167,6 +172,14 @@ pub fn operator_policy(opts: &IamPolicyOptions) -> Value {
                 "Condition": { "StringEquals": on_cluster }
             },
             {
+                // The region's account-level IMDS defaults (shown in report and policy status,
+                // and used to tell a declarative policy's refusal). No resource-level permissions.
+                "Sid": "ReadAccountMetadataDefaults",
+                "Effect": "Allow",
+                "Action": ["ec2:GetInstanceMetadataDefaults"],
+                "Resource": "*"
+            },
+            {
                 // CloudWatch metric reads support no resource-level permissions.
                 "Sid": "ReadImdsv1Usage",
                 "Effect": "Allow",
@@ -174,7 +187,20 @@ pub fn operator_policy(opts: &IamPolicyOptions) -> Value {
                 "Resource": "*"
             }
         ]
-    })
+    });
+    if opts.defaults_singleton
+        && let Some(statements) = doc["Statement"].as_array_mut()
+    {
+        // Only with the InstanceMetadataDefaults singleton: an account-level setting, no
+        // resource-level permissions.
+        statements.push(json!({
+            "Sid": "ModifyAccountMetadataDefaults",
+            "Effect": "Allow",
+            "Action": ["ec2:ModifyInstanceMetadataDefaults"],
+            "Resource": "*"
+        }));
+    }
+    doc
 }
 
 /// Deny statements that keep IMDSv1 from coming back through new launches or other principals.
@@ -444,6 +470,7 @@ mod tests {
             [
                 "DescribeInstances",
                 "ModifyClusterInstanceMetadataOptions",
+                "ReadAccountMetadataDefaults",
                 "ReadImdsv1Usage"
             ]
         );
@@ -482,10 +509,27 @@ mod tests {
             [
                 "cloudwatch:GetMetricData",
                 "ec2:DescribeInstances",
+                "ec2:GetInstanceMetadataDefaults",
                 "ec2:ModifyInstanceMetadataOptions"
             ]
         );
         assert!(statements(&doc).iter().all(|s| s["Effect"] == "Allow"));
+    }
+
+    #[test]
+    fn modify_defaults_only_with_the_singleton() {
+        let plain = operator_policy(&opts("prod"));
+        assert!(!sids(&plain).contains(&"ModifyAccountMetadataDefaults"));
+        let with = IamPolicyOptions {
+            defaults_singleton: true,
+            ..opts("prod")
+        };
+        let doc = operator_policy(&with);
+        assert_well_formed(&doc);
+        let s = statement(&doc, "ModifyAccountMetadataDefaults");
+        assert_eq!(s["Action"], json!(["ec2:ModifyInstanceMetadataDefaults"]));
+        assert_eq!(s["Resource"], "*");
+        assert_eq!(statement(&doc, "ReadAccountMetadataDefaults")["Resource"], "*");
     }
 
     #[test]

@@ -79,6 +79,10 @@ pub struct Report {
     pub summary: BTreeMap<String, usize>,
     /// True when no selected node is drifted, blocked, conflicted, failed or pending.
     pub compliant: bool,
+    /// The region's account IMDS defaults and the policies they disagree with (not part of
+    /// `compliant`: they decide what new instances launch with).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_defaults: Option<super::report_defaults::AccountDefaultsSection>,
 }
 
 /// Pure: the report from the per-policy plans, the nodes and what EC2 said.
@@ -147,6 +151,7 @@ pub fn build(
         nodes: rows,
         summary,
         compliant,
+        account_defaults: None,
     }
 }
 
@@ -210,6 +215,9 @@ pub fn table(report: &Report) -> String {
             "DOES NOT COMPLY"
         }
     ));
+    if let Some(section) = &report.account_defaults {
+        out.push_str(&super::report_defaults::text(section));
+    }
     out
 }
 
@@ -288,7 +296,8 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<bool> {
         }
         plans = plan_all(&facts);
     }
-    let report = build(&nodes, &policies, &plans, &observations);
+    let mut report = build(&nodes, &policies, &plans, &observations);
+    report.account_defaults = Some(super::report_defaults::section(ec2.get_defaults().await, &policies));
     match args.output {
         OutputFormat::Table => print!("{}", table(&report)),
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),

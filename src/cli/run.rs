@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// counts. Only the operator may write them (the chart's Role names them).
     #[arg(long, default_value = "imds-operator")]
     pub records_prefix: String,
+    /// How often the region's account-level IMDS defaults are read (GetInstanceMetadataDefaults,
+    /// once for every policy). At least 1s.
+    #[arg(long, default_value = "5m", value_parser = resync_period)]
+    pub account_defaults_refresh: Duration,
     /// This replica's identity in the Lease and in Events (defaults to the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -145,6 +149,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync_period: args.resync_period,
         concurrency: args.concurrency,
         max_modifies_per_reconcile: args.max_modifies_per_reconcile.max(1),
+        account_defaults_refresh: args.account_defaults_refresh,
     };
     let build = move |stores| Arc::new(Context::new(clients, stores, records, metrics, config));
     tracing::info!(resync = ?args.resync_period, "controller starting");

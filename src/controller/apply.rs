@@ -439,7 +439,9 @@ async fn record_failed(
     claim: &Claimed,
     err: AwsError,
 ) -> Option<Failure> {
-    let failure = err.to_failure();
+    // A refusal while a declarative policy manages the account's IMDS settings is its doing.
+    let defaults = ctx.account_defaults.get(&ctx.clients.ec2).await;
+    let failure = imds_core::defaults::classify_refusal(err.to_failure(), defaults.defaults.as_ref());
     let id = &claim.instance_id;
     {
         let mut cache = ctx.cache.lock().await;
@@ -448,6 +450,7 @@ async fn record_failed(
                 cache.observe(id, Observation::NotFound, Vec::new(), tokio::time::Instant::now());
                 return None;
             }
+            _ if failure.kind == FailureKind::DeclarativePolicy => cache.refuse(id, claim.request, failure.clone()),
             AwsErrorKind::Unsupported => cache.refuse(id, claim.request, failure.clone()),
             // Throttled, denied, 5xx, timeouts: not again before the backoff, whatever triggers.
             _ => cache.back_off(id, claim.request, failure.clone(), tokio::time::Instant::now()),

@@ -6,7 +6,7 @@
 
 use crate::aws::ec2::Described;
 use imds_core::launch_source::LaunchSource;
-use imds_core::observation::{Failure, Observation};
+use imds_core::observation::{Failure, FailureKind, Observation};
 use imds_core::options::{ApplyState, FullOptions};
 use imds_core::requeue::{backoff_base, backoff_delay};
 use imds_core::usage::UsageSeries;
@@ -49,6 +49,8 @@ pub struct InstanceCache {
     in_flight: HashSet<String>,
     record_tags_seen: HashSet<String>,
     usage: HashMap<(String, u64), (Result<UsageSeries, Failure>, Instant)>,
+    /// The revision of the account defaults the declarative-policy refusals were made under.
+    defaults_revision: u64,
 }
 
 impl InstanceCache {
@@ -201,10 +203,28 @@ impl InstanceCache {
             .min()
     }
 
-    /// Ends the backoffs of `ids` (their policy changed: try again now).
+    /// The account defaults are at `revision`: when they changed, every refusal made by a
+    /// declarative policy is forgotten (the request is tried again).
+    pub fn account_defaults_at(&mut self, revision: u64) {
+        if revision != self.defaults_revision {
+            self.defaults_revision = revision;
+            self.refusals
+                .retain(|_, (_, failure)| failure.kind != FailureKind::DeclarativePolicy);
+        }
+    }
+
+    /// Ends the backoffs of `ids` (their policy changed: try again now), and forgets their
+    /// declarative-policy refusals.
     pub fn end_backoffs<'a>(&mut self, ids: impl IntoIterator<Item = &'a String>) {
         for id in ids {
             self.backoffs.remove(id);
+            if self
+                .refusals
+                .get(id)
+                .is_some_and(|(_, f)| f.kind == FailureKind::DeclarativePolicy)
+            {
+                self.refusals.remove(id);
+            }
             // A failed read is forgotten: the instance is read on the next pass.
             if self
                 .entries

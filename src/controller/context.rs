@@ -1,6 +1,7 @@
 //! What every reconcile shares: the clients, the reflector stores, the instance cache, the
 //! per-policy memory, metrics and tunables.
 
+use super::account_defaults::AccountDefaultsCache;
 use super::cache::InstanceCache;
 use super::memo::PolicyMemo;
 use super::node_store::NodeStore;
@@ -24,6 +25,8 @@ pub struct ControllerConfig {
     pub concurrency: u16,
     /// At most this many modify requests per reconcile; the rest follow in the next one.
     pub max_modifies_per_reconcile: usize,
+    /// How often the region's account IMDS defaults are read (for every policy together).
+    pub account_defaults_refresh: Duration,
 }
 
 /// The clients a reconcile talks through.
@@ -54,6 +57,8 @@ pub struct Context {
     pub stores: Stores,
     /// What is known of instances.
     pub cache: Mutex<InstanceCache>,
+    /// The region's account IMDS defaults.
+    pub account_defaults: AccountDefaultsCache,
     /// What the operator changed, persisted (originals, who, the last requests).
     pub records: RecordStore,
     /// What is remembered per policy.
@@ -77,6 +82,7 @@ impl Context {
             clients,
             stores,
             cache: Mutex::new(InstanceCache::default()),
+            account_defaults: AccountDefaultsCache::new(config.account_defaults_refresh),
             records,
             memo: PolicyMemo::default(),
             metrics,

@@ -4,6 +4,8 @@
 //! - [`watches`]: the policy and Node watches and what triggers which policy.
 //! - [`node_store`]: what is kept of each Node, from its watch, and the changes that matter.
 //! - [`decode`]: policies decoded one by one, so one a version cannot read stops no other.
+//! - [`account_defaults`]: the region's account IMDS defaults, read at most every few minutes.
+//! - [`singleton`]: the `InstanceMetadataDefaults` singleton's controller (only when it exists).
 //! - [`context`]: clients, stores, cache, memory and tunables every reconcile shares.
 //! - [`cache`]: what is known of instances between reconciles.
 //! - [`memo`]: what is remembered per policy (preflights, membership, backoff).
@@ -19,6 +21,7 @@
 //! - [`error`]: errors that end a reconcile, with their categories.
 //! - [`reconcile`]: the driver.
 
+pub mod account_defaults;
 pub mod apply;
 pub mod cache;
 pub mod cleanup;
@@ -35,6 +38,7 @@ pub mod preflight;
 pub mod reconcile;
 pub mod records;
 pub mod rollout;
+pub mod singleton;
 pub mod watches;
 
 pub use context::{Clients, Context, ControllerConfig, Stores};

@@ -57,6 +57,8 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
     fault_hook::maybe_panic(&name);
     sync_finalizer(policy, ctx).await?;
     let observed = observe::observe(policy, ctx, false).await?;
+    let defaults = ctx.account_defaults.get(&ctx.clients.ec2).await;
+    ctx.cache.lock().await.account_defaults_at(defaults.revision);
     if ctx.memo.trigger_changed(&name, trigger_of(policy)) {
         // Edited or annotated (e.g. after fixing IAM): its instances are tried again now.
         ctx.cache.lock().await.end_backoffs(&observed.instance_ids);
@@ -88,6 +90,10 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
     let plans = replan(ctx, &observed, &applied.failures, &progress, limit).await;
     let mut new_status = summarize(policy, &plans, &progress);
     new_status.launch_sources = ctx.memo.launch_sources(&name, k8s_openapi::jiff::Timestamp::now());
+    new_status.account_defaults = defaults
+        .defaults
+        .as_ref()
+        .and_then(|d| imds_core::defaults::report_for_policy(&policy.spec.metadata_options, d));
     publish_conflicts(ctx, policy, &plans).await;
     publish_new_halt(ctx, policy, &progress, &new_status).await;
     patch_status(ctx, &name, &new_status).await?;

@@ -10,7 +10,7 @@ use super::policy_writes::report_undecodable;
 use super::reconcile::{error_policy, reconcile};
 use crate::telemetry::health::Health;
 use crate::telemetry::memory;
-use futures::{Stream, StreamExt, future};
+use futures::{FutureExt, Stream, StreamExt, future};
 use imds_core::api::InstanceMetadataPolicy;
 use imds_core::node::{NodeFacts, SlimNode};
 use imds_core::selection::PolicyInput;
@@ -150,7 +150,7 @@ pub async fn run(
     // A policy created, changed or deleted can change every other policy's outcome.
     let mut generations: HashMap<String, i64> = HashMap::new();
     let deleted_ctx = ctx.clone();
-    let policy_changes = policy_watch(client, "policy-changes", health, None).filter_map(move |event| {
+    let policy_changes = policy_watch(client.clone(), "policy-changes", health, None).filter_map(move |event| {
         let changed = match event {
             Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
                 let generation = p.meta().generation.unwrap_or_default();
@@ -177,7 +177,11 @@ pub async fn run(
     let config = ControllerRuntimeConfig::default()
         .concurrency(ctx.config.concurrency)
         .debounce(TRIGGER_DEBOUNCE);
-    Controller::for_stream(primary, policy_reader)
+    // The singleton's controller stops with the policies' (and is dropped with them when the
+    // lease is lost).
+    let shutdown = shutdown.shared();
+    let singleton = super::singleton::run(ctx.clone(), client.clone(), shutdown.clone());
+    let policies = Controller::for_stream(primary, policy_reader)
         .with_config(config)
         .reconcile_on(node_triggers)
         .reconcile_all_on(policy_changes)
@@ -189,6 +193,6 @@ pub async fn run(
                 Err(err) => tracing::debug!(error = %err, "reconcile not run"),
             }
             future::ready(())
-        })
-        .await;
+        });
+    future::join(policies, singleton).await;
 }

@@ -2,6 +2,7 @@
 //! moto's EC2 server (or the local EC2 double where moto cannot model EC2). Each test has its
 //! own control plane and EC2 endpoint. The helpers are in `imds_test_support::e2e`.
 
+mod defaults;
 mod faults;
 mod fleet_safety;
 mod image;

@@ -491,6 +491,12 @@ pub struct InstanceMetadataPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub non_compliant_nodes: Vec<NodeReport>,
 
+    /// Set when the region's account-level IMDS defaults (what new instances launch with)
+    /// disagree with what this policy enforces: new instances then launch drifted. Fix the
+    /// account defaults (or create the InstanceMetadataDefaults singleton).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_defaults: Option<AccountDefaultsReport>,
+
     /// When the operator last finished reconciling this policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
@@ -499,6 +505,20 @@ pub struct InstanceMetadataPolicyStatus {
     /// `Reconciling` (changes in flight), `Stalled` (progress needs a person).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// In a policy's status: where the region's account defaults disagree with what the policy
+/// enforces (so new instances launch drifted and are fixed only after they appear).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountDefaultsReport {
+    /// Who manages the account's defaults: `account` or `declarative-policy`.
+    pub managed_by: String,
+    /// Up to 4 options: the value new instances get from the account default → the policy's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mismatches: Vec<String>,
+    /// What it means and what to do (at most 512 characters).
+    pub message: String,
 }
 
 /// Why a staged rollout halted.

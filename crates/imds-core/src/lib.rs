@@ -3,6 +3,9 @@
 //! client); time is a parameter.
 //!
 //! - [`api`]: the `InstanceMetadataPolicy` custom resource (spec, status, condition types).
+//! - [`defaults_api`]: the `InstanceMetadataDefaults` singleton (the account's IMDS defaults).
+//! - [`defaults`]: the account defaults against policies, declarative-policy refusals, the
+//!   singleton's decisions and status.
 //! - [`reason`]: every reason written to status and Events.
 //! - [`options`]: the five metadata options, EC2's launch defaults, the original-options record.
 //! - [`provider_id`]: Node `spec.providerID` → EC2 instance.
@@ -22,6 +25,8 @@
 //! - `fixtures` (tests, or the `fixtures` feature): policy builders for tests.
 
 pub mod api;
+pub mod defaults;
+pub mod defaults_api;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod labels;

@@ -26,6 +26,10 @@ pub enum FailureKind {
     Unsupported,
     /// Throttling, 5xx, timeouts: retried with backoff.
     Transient,
+    /// Refused because an AWS Organizations declarative policy manages the account's IMDS
+    /// settings (see [`crate::defaults::is_declarative_refusal`]): not retried until the
+    /// policy (its generation) or the account defaults change.
+    DeclarativePolicy,
     /// Anything else: retried with backoff.
     Other,
 }
@@ -37,6 +41,7 @@ impl FailureKind {
             FailureKind::PermissionDenied => Reason::PermissionDenied,
             FailureKind::Unsupported => Reason::UnsupportedOption,
             FailureKind::Transient => Reason::TransientError,
+            FailureKind::DeclarativePolicy => Reason::DeclarativePolicyEnforced,
             FailureKind::Other => Reason::Ec2Error,
         }
     }

@@ -81,6 +81,12 @@ pub enum Reason {
     /// `Ready`, `Stalled` and Event: this operator version cannot read the policy (a field or
     /// value from a newer CRD); the policy is not enforced, the others go on.
     SpecNotUnderstood,
+    /// Node, `Ready`, `Stalled` and Event: an AWS Organizations declarative policy manages the
+    /// account's IMDS settings and EC2 refused the change; not retried until the policy or the
+    /// account defaults change.
+    DeclarativePolicyEnforced,
+    /// `Ready` and `Stalled` of an `InstanceMetadataDefaults` not named `default`.
+    NotSingleton,
     /// Event: a reconcile of this policy panicked (a bug); it was contained and is retried
     /// with a backoff, the other policies go on.
     ReconcilePanicked,
@@ -88,7 +94,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 37] = [
+    pub const ALL: [Reason; 39] = [
         Reason::Compliant,
         Reason::NoNodesSelected,
         Reason::Drifted,
@@ -126,6 +132,8 @@ impl Reason {
         Reason::RecordTagIgnored,
         Reason::SpecNotUnderstood,
         Reason::ReconcilePanicked,
+        Reason::DeclarativePolicyEnforced,
+        Reason::NotSingleton,
     ];
 
     /// The CamelCase wording.
@@ -168,6 +176,8 @@ impl Reason {
             Reason::RecordTagIgnored => "RecordTagIgnored",
             Reason::SpecNotUnderstood => "SpecNotUnderstood",
             Reason::ReconcilePanicked => "ReconcilePanicked",
+            Reason::DeclarativePolicyEnforced => "DeclarativePolicyEnforced",
+            Reason::NotSingleton => "NotSingleton",
         }
     }
 

@@ -22,7 +22,7 @@ pub const RECONCILE_ERROR_BACKOFF: Duration = Duration::from_secs(5);
 pub fn backoff_base(kind: FailureKind) -> Option<Duration> {
     match kind {
         FailureKind::PermissionDenied => Some(Duration::from_secs(60)),
-        FailureKind::Unsupported => None,
+        FailureKind::Unsupported | FailureKind::DeclarativePolicy => None,
         FailureKind::Transient | FailureKind::Other => Some(Duration::from_secs(10)),
     }
 }

@@ -49,6 +49,7 @@ pub fn summarize(
         restored_nodes: None,
         launch_sources: Vec::new(),
         non_compliant_nodes: Vec::new(),
+        account_defaults: None,
         last_sync_time: Some(now.clone()),
         conditions: Vec::new(),
     };
@@ -163,6 +164,7 @@ struct Facts<'a> {
     progress: &'a Progress,
     permission: usize,
     unsupported: usize,
+    declarative: usize,
     transient: usize,
     actionable: usize,
     audit_drift: bool,
@@ -184,6 +186,7 @@ fn conditions(
         progress,
         permission: failed_with(FailureKind::PermissionDenied),
         unsupported: failed_with(FailureKind::Unsupported),
+        declarative: failed_with(FailureKind::DeclarativePolicy),
         transient: failed_with(FailureKind::Transient) + failed_with(FailureKind::Other),
         actionable: plans.iter().filter(|p| p.action.is_some()).count(),
         audit_drift: mode == PolicyMode::Audit && s.drifted_nodes > 0,
@@ -313,6 +316,12 @@ fn stalled(f: &Facts) -> Judged {
         )
     } else if let Some(halt) = &progress.halt {
         (true, halt_reason(halt), halt_message(halt))
+    } else if f.declarative > 0 {
+        (
+            true,
+            Reason::DeclarativePolicyEnforced,
+            first_message(plans, FailureKind::DeclarativePolicy),
+        )
     } else if unsupported > 0 {
         (
             true,
@@ -361,7 +370,7 @@ fn first_message(plans: &[NodePlan], kind: FailureKind) -> String {
 }
 
 /// A condition whose `lastTransitionTime` moves only when its status flips.
-fn condition_with_history(
+pub fn condition_with_history(
     previous: &[Condition],
     type_: &str,
     is_true: bool,

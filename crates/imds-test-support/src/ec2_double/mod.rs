@@ -8,7 +8,9 @@
 //! account), per-call latency, timed storms of 5xx errors, a black hole that answers nothing, and
 //! a log of every request with the access key that signed it, with call counters per action and
 //! key. This double models exactly those, for four actions: DescribeInstances,
-//! ModifyInstanceMetadataOptions, CreateTags and DeleteTags (instances only).
+//! ModifyInstanceMetadataOptions, CreateTags and DeleteTags (instances only); and the account's
+//! IMDS defaults (GetInstanceMetadataDefaults, ModifyInstanceMetadataDefaults) with `managedBy`
+//! set by the test and the refusal of modifies while a declarative policy manages them.
 //! `docs/ec2-semantics.md` states each behaviour, its source, and the tests that rely on it.
 //!
 //! It is an HTTP server on `127.0.0.1:<ephemeral port>` that runs on its own thread with its own
@@ -31,7 +33,7 @@
 //!
 //! Layout: this module has the server, the routing, and the setup and inspection API; one
 //! submodule per action (`describe`: DescribeInstances, `modify`: ModifyInstanceMetadataOptions,
-//! `tags`: CreateTags and DeleteTags), each with the knobs that shape its answers; injected
+//! `tags`: CreateTags and DeleteTags, `defaults`: the account's IMDS defaults), each with the knobs that shape its answers; injected
 //! failures (throttling, denials, any error, storms) in `faults`, the black hole and the
 //! connections it cuts in `black_hole`; EC2's token buckets, latency and call counters in
 //! `buckets`; the state the server and the test share
@@ -40,6 +42,7 @@
 
 mod black_hole;
 mod buckets;
+mod defaults;
 mod describe;
 mod error;
 mod faults;
@@ -89,6 +92,10 @@ pub const SECRET_ACCESS_KEY: &str = "testing";
 pub const MODIFY: &str = "ModifyInstanceMetadataOptions";
 /// DescribeInstances.
 pub const DESCRIBE: &str = "DescribeInstances";
+/// GetInstanceMetadataDefaults.
+pub const GET_DEFAULTS: &str = "GetInstanceMetadataDefaults";
+/// ModifyInstanceMetadataDefaults.
+pub const MODIFY_DEFAULTS: &str = "ModifyInstanceMetadataDefaults";
 /// CreateTags.
 pub const CREATE_TAGS: &str = "CreateTags";
 /// DeleteTags.
@@ -475,6 +482,8 @@ fn dispatch(
         MODIFY => modify::modify_options(shared, params, request_id),
         CREATE_TAGS => tags::create_tags(shared, params, request_id),
         DELETE_TAGS => tags::delete_tags(shared, params, request_id),
+        GET_DEFAULTS => defaults::get_defaults(shared, params, request_id),
+        MODIFY_DEFAULTS => defaults::modify_defaults(shared, params, request_id),
         other => Err(ApiError::bad(
             "InvalidAction",
             format!("The action {other} is not valid for this web service."),

@@ -42,14 +42,7 @@ pub(super) fn modify_options(shared: &mut Shared, params: &BTreeMap<String, Stri
         .get("InstanceId")
         .ok_or_else(|| ApiError::missing("InstanceId"))?;
     let tokens = optional(params, "HttpTokens", parse_tokens)?;
-    let hop_limit = optional_int(params, "HttpPutResponseHopLimit")?;
-    if let Some(hop) = hop_limit
-        && !(1..=64).contains(&hop)
-    {
-        return Err(ApiError::invalid(format!(
-            "The HttpPutResponseHopLimit value {hop} is out of range. It must be between 1 and 64."
-        )));
-    }
+    let hop_limit = hop_limit_param(params)?;
     let endpoint = optional(params, "HttpEndpoint", |v| parse_toggle("HttpEndpoint", v))?;
     let ipv6 = optional(params, "HttpProtocolIpv6", |v| parse_toggle("HttpProtocolIpv6", v))?;
     let tags = optional(params, "InstanceMetadataTags", |v| {
@@ -63,11 +56,17 @@ pub(super) fn modify_options(shared: &mut Shared, params: &BTreeMap<String, Stri
         return Err(ApiError::unauthorized(MODIFY, Some(&instance_arn(id))));
     }
     let pending_describes = shared.pending_describes;
+    let declarative = super::defaults::declarative_refusal(shared);
     let Some(instance) = shared.instances.get_mut(id.as_str()) else {
         return Err(ApiError::not_found(&[id.as_str()]));
     };
     if dry_run {
         return Err(ApiError::dry_run());
+    }
+    // A declarative policy manages the account's IMDS settings: the options cannot be changed
+    // from the account (the error code is unverified, see `defaults`).
+    if let Some(refused) = declarative {
+        return Err(refused);
     }
     if instance.state == InstanceState::Terminated {
         return Err(ApiError::bad(
@@ -116,6 +115,19 @@ pub(super) fn modify_options(shared: &mut Shared, params: &BTreeMap<String, Stri
         new.instance_metadata_tags.as_str(),
     );
     Ok(xml)
+}
+
+/// `HttpPutResponseHopLimit`, 1 to 64.
+fn hop_limit_param(params: &BTreeMap<String, String>) -> Result<Option<i32>, ApiError> {
+    let hop_limit = optional_int(params, "HttpPutResponseHopLimit")?;
+    if let Some(hop) = hop_limit
+        && !(1..=64).contains(&hop)
+    {
+        return Err(ApiError::invalid(format!(
+            "The HttpPutResponseHopLimit value {hop} is out of range. It must be between 1 and 64."
+        )));
+    }
+    Ok(hop_limit)
 }
 
 /// The `UnsupportedOperation` message if `new` sets an option this instance cannot take

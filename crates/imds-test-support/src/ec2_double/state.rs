@@ -87,6 +87,24 @@ pub(super) struct Storm {
     pub(super) until: Instant,
 }
 
+/// The error the double answers a refused modify with while a declarative policy manages the
+/// account's IMDS settings. AWS documents no code for it; see `Ec2Double::declarative_refusal`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Refusal {
+    pub(super) code: String,
+    /// `None`: the declarative policy's `managedExceptionMessage`, or the double's wording.
+    pub(super) message: Option<String>,
+}
+
+impl Default for Refusal {
+    fn default() -> Self {
+        Refusal {
+            code: "UnsupportedOperation".to_string(),
+            message: None,
+        }
+    }
+}
+
 /// Everything the server and the test share.
 #[derive(Debug, Default)]
 pub(super) struct Shared {
@@ -109,6 +127,10 @@ pub(super) struct Shared {
     pub(super) metering: Metering,
     pub(super) request_count: u64,
     pub(super) reservation_count: u64,
+    /// The account's IMDS defaults in this region (see `defaults`).
+    pub(super) account_defaults: imds_core::defaults::AccountDefaults,
+    /// What a modify is refused with while a declarative policy manages the defaults.
+    pub(super) refusal: Refusal,
 }
 
 impl Shared {
