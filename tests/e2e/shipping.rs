@@ -280,10 +280,19 @@ async fn chart_lints_and_renders_for_the_api_server() -> Result<()> {
     let plain: serde_json::Value =
         serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("crds").join(CRD_FILE))?)?;
     let rendered = render(cp, &["--set", "aws.region=us-east-1"])?;
+    // The policy CRD (the chart also renders the InstanceMetadataDefaults one).
     let crd = rendered
         .iter()
-        .find(|d| kind_of(d) == "CustomResourceDefinition")
+        .find(|d| kind_of(d) == "CustomResourceDefinition" && d["metadata"]["name"] == CRD_NAME)
         .context("the chart renders no CRD")?;
+    let defaults_crd = rendered
+        .iter()
+        .find(|d| d["metadata"]["name"] == "instancemetadatadefaults.imds-operator.io")
+        .context("the chart renders no InstanceMetadataDefaults CRD")?;
+    assert_eq!(
+        defaults_crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
     assert_eq!(
         crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
         "{}",
@@ -590,6 +599,17 @@ async fn operator_runs_as_the_charts_service_account_with_least_privilege() -> R
         ),
         row(
             "instancemetadatapolicies.imds-operator.io/status",
+            &[],
+            &["get", "patch"],
+        ),
+        // The opt-in InstanceMetadataDefaults singleton.
+        row(
+            "instancemetadatadefaults.imds-operator.io",
+            &[],
+            &["get", "list", "watch"],
+        ),
+        row(
+            "instancemetadatadefaults.imds-operator.io/status",
             &[],
             &["get", "patch"],
         ),
