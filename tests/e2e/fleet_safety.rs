@@ -11,10 +11,11 @@ use imds_test_support::e2e::{Cluster, Operator, condition, metric_sum, provider_
 use imds_test_support::ec2_double::Ec2Double;
 use std::time::{Duration, SystemTime};
 
-/// Puts `calls` tokenless IMDS calls of instance `id` at `at`.
-async fn put_tokenless_calls_at(cw: &aws_sdk_cloudwatch::Client, id: &str, calls: f64, at: SystemTime) -> Result<()> {
+/// Puts `calls` of CloudWatch metric `metric` (`MetadataNoToken`, `MetadataNoTokenRejected`)
+/// for instance `id` at `at`.
+async fn put_calls(cw: &aws_sdk_cloudwatch::Client, metric: &str, id: &str, calls: f64, at: SystemTime) -> Result<()> {
     let datum = MetricDatum::builder()
-        .metric_name("MetadataNoToken")
+        .metric_name(metric)
         .dimensions(Dimension::builder().name("InstanceId").value(id).build())
         .unit(StandardUnit::Count)
         .value(calls)
@@ -26,6 +27,11 @@ async fn put_tokenless_calls_at(cw: &aws_sdk_cloudwatch::Client, id: &str, calls
         .send()
         .await?;
     Ok(())
+}
+
+/// Puts `calls` tokenless IMDS calls of instance `id` at `at`.
+async fn put_tokenless_calls_at(cw: &aws_sdk_cloudwatch::Client, id: &str, calls: f64, at: SystemTime) -> Result<()> {
+    put_calls(cw, "MetadataNoToken", id, calls, at).await
 }
 
 /// A new node whose only IMDSv1 calls came at first boot is enforced at once; a node launched
@@ -81,19 +87,7 @@ async fn boot_noise_does_not_block_a_new_node_but_later_calls_do() -> Result<()>
 
 /// Puts `calls` IMDSv1 calls that EC2 refused on instance `id`, now.
 async fn put_rejected_calls(cw: &aws_sdk_cloudwatch::Client, id: &str, calls: f64) -> Result<()> {
-    let datum = MetricDatum::builder()
-        .metric_name("MetadataNoTokenRejected")
-        .dimensions(Dimension::builder().name("InstanceId").value(id).build())
-        .unit(StandardUnit::Count)
-        .value(calls)
-        .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from(SystemTime::now()))
-        .build();
-    cw.put_metric_data()
-        .namespace("AWS/EC2")
-        .metric_data(datum)
-        .send()
-        .await?;
-    Ok(())
+    put_calls(cw, "MetadataNoTokenRejected", id, calls, SystemTime::now()).await
 }
 
 /// Verification after the change: one instance at a time is moved to IMDSv2; the first one then
