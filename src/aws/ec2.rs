@@ -153,6 +153,15 @@ impl Ec2 {
         self.modify_limit.rate().await
     }
 
+    /// Waits for a token of `limiter`, then checks the write fence — after the wait, since the
+    /// lease may have been lost meanwhile. Every mutating call of `operation` goes through it.
+    pub(super) async fn write_permit(&self, limiter: &RateLimiter, operation: &'static str) -> Result<(), AwsError> {
+        limiter.acquire().await;
+        self.fence
+            .check()
+            .map_err(|fenced| AwsError::new(operation, AwsErrorKind::NotLeading, "NotLeading", fenced.to_string()))
+    }
+
     /// Counts the outcome and adapts `limiter`: throttling cuts its rate, other answers let it
     /// grow back; the current rate is a gauge.
     pub(super) async fn record<T>(&self, operation: &str, limiter: &RateLimiter, result: &Result<T, AwsError>) {
@@ -288,16 +297,7 @@ impl Ec2 {
         dry_run: bool,
     ) -> Result<ObservedOptions, AwsError> {
         const OPERATION: &str = "ModifyInstanceMetadataOptions";
-        self.modify_limit.acquire().await;
-        // Checked after the wait for a token: the lease may have been lost meanwhile.
-        if let Err(fenced) = self.fence.check() {
-            return Err(AwsError::new(
-                OPERATION,
-                AwsErrorKind::NotLeading,
-                "NotLeading",
-                fenced.to_string(),
-            ));
-        }
+        self.write_permit(&self.modify_limit, OPERATION).await?;
         let result = self
             .client
             .modify_instance_metadata_options()

@@ -50,15 +50,7 @@ impl Ec2 {
     /// `dry_run` asks whether it would be allowed (`DryRunOk`).
     pub async fn modify_defaults(&self, request: &DefaultsRequest, dry_run: bool) -> Result<(), AwsError> {
         const OPERATION: &str = "ModifyInstanceMetadataDefaults";
-        self.defaults_modify_limit.acquire().await;
-        if let Err(fenced) = self.fence.check() {
-            return Err(AwsError::new(
-                OPERATION,
-                AwsErrorKind::NotLeading,
-                "NotLeading",
-                fenced.to_string(),
-            ));
-        }
+        self.write_permit(&self.defaults_modify_limit, OPERATION).await?;
         let result = self
             .client
             .modify_instance_metadata_defaults()
