@@ -7,6 +7,8 @@
 //! - [`moto`]: [`Moto`], a moto server for the EC2 and CloudWatch APIs.
 //! - [`ec2_double`]: [`Ec2Double`], an EC2 Query-protocol double (see `docs/ec2-semantics.md`).
 //! - [`e2e`]: a cluster with the CRD installed, the operator binary, waiting for outcomes.
+//! - [`node`]: real nodes (kubelet + containerd in a network namespace of the test's) and the
+//!   controller-manager and scheduler, for `make test-node`.
 //! - [`nodes`]: realistic EKS worker Nodes ([`nodes::EksFleet`]) and their bulk creation.
 //! - [`process`]: child processes that never outlive the test process.
 //! - [`procstat`]: a process's memory and CPU time from `/proc` (for the benchmarks).
@@ -24,6 +26,7 @@ pub mod control_plane;
 pub mod e2e;
 pub mod ec2_double;
 pub mod moto;
+pub mod node;
 pub mod nodes;
 pub mod observability;
 pub mod oci;
