@@ -5,7 +5,8 @@
 #   the control plane (kube-apiserver, etcd, kubectl, helm) and the node binaries (kubelet,
 #   kube-controller-manager, kube-scheduler: hack/build-control-plane.sh node), moto, the
 #   Debian packages the node needs (only those missing), the operator image (hack/image.sh into
-#   dist/test-image; IMAGE_BINARY=<static binary> reuses one),
+#   dist/test-image; its static release build goes to $IMDS_OPERATOR_IMAGE_TARGET_DIR when set,
+#   else cargo's target dir; IMAGE_BINARY=<static binary> reuses one),
 # then runs tests/e2e/node.rs with IMDS_E2E_NODE=1.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,7 +37,8 @@ fi
 
 echo "==> the operator image"
 export IMDS_OPERATOR_IMAGE_DIR="$PWD/dist/test-image"
-IMAGE_OUT="$IMDS_OPERATOR_IMAGE_DIR" bash hack/image.sh >/dev/null
+CARGO_TARGET_DIR="${IMDS_OPERATOR_IMAGE_TARGET_DIR:-${CARGO_TARGET_DIR:-target}}" \
+  IMAGE_OUT="$IMDS_OPERATOR_IMAGE_DIR" bash hack/image.sh >/dev/null
 setup=$(date +%s)
 echo "==> setup took $((setup - start))s"
 
