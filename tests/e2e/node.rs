@@ -234,6 +234,8 @@ async fn pdb_allows_one(env: &Env) -> Result<()> {
     .await
 }
 
+/// The policy on both nodes at once: staged rollouts, guards and verification have tests of
+/// their own; this one is about the pods.
 fn apply_policy(env: &Env, hop_limit: i32) -> Result<()> {
     env.cluster.apply(&format!(
         "apiVersion: imds-operator.io/v1alpha1
@@ -245,6 +247,11 @@ spec:
   guards:
     imdsv1Usage:
       mode: \"Off\"
+  rollout:
+    maxInFlight: \"100%\"
+    settleSeconds: 0
+    verify:
+      onRejectedCalls: Ignore
   metadataOptions:
     httpTokens: required
     httpPutResponseHopLimit: {hop_limit}
