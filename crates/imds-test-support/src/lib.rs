@@ -157,12 +157,34 @@ pub fn temp_dir(what: &str) -> Result<tempfile::TempDir> {
     Ok(dir)
 }
 
+/// Harness temp dirs (`$TMPDIR/imds-operator-<what>-*`) whose owning test process is gone.
+pub(crate) fn stale_temp_dirs(what: &str) -> Vec<PathBuf> {
+    let prefix = format!("{TEMP_PREFIX}{what}-");
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter(|e| {
+            let owner = std::fs::read_to_string(e.path().join(OWNER_FILE)).unwrap_or_default();
+            owner
+                .trim()
+                .parse::<u32>()
+                .is_ok_and(|pid| pid != std::process::id() && !process::pid_alive(pid))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
 fn sweep_stale_temp_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };
     for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Nodes' dirs may hold mounts: `node` sweeps them itself, unmounting first.
+        if !name.starts_with(TEMP_PREFIX) || name.starts_with(&format!("{TEMP_PREFIX}node-")) {
             continue;
         }
         // Dirs without an owner file (kept on purpose, or not ours) are left alone.

@@ -84,6 +84,45 @@ impl CgroupRoot {
     }
 }
 
+/// What a killed test process (SIGKILL: no drop ran) left of its nodes: its pods and their
+/// cgroups (`imds-e2e-<pid>-<node>` of a pid that is gone), the shims and mounts of its node
+/// dirs. Runs once per process, before the first node's dir is made (the harness then removes
+/// stale dirs, which must hold no mounts by then).
+pub(super) fn sweep_stale() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        for dir in crate::stale_temp_dirs("node") {
+            kill_shims(&dir.join("containerd.sock"));
+            unmount_under(&dir);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                eprintln!("warning: could not remove stale {}: {e}", dir.display());
+            }
+        }
+        let Ok(hierarchies) = hierarchies() else {
+            return;
+        };
+        for hierarchy in hierarchies {
+            let Ok(entries) = std::fs::read_dir(&hierarchy) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let owner = name.strip_prefix("imds-e2e-").and_then(|r| r.split('-').next());
+                if let Some(pid) = owner.and_then(|p| p.parse::<u32>().ok())
+                    && pid != std::process::id()
+                    && !crate::process::pid_alive(pid)
+                {
+                    let mut stale = CgroupRoot {
+                        name,
+                        dirs: vec![entry.path()],
+                    };
+                    stale.remove();
+                }
+            }
+        }
+    });
+}
+
 /// `dir` and every cgroup below it.
 fn subtree(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -16,7 +16,8 @@
 //! logs) is under the node's temp dir, except what containerd 1.6 puts in `/run/containerd/s`
 //! (its shims' sockets, gone with the shims). Teardown ([`Node`]'s drop): kubelet, the pods'
 //! processes (by the node's cgroup), containerd, its shims (by its socket), the mounts under the
-//! dir, the cgroups, the dir.
+//! dir, the cgroups, the dir. What a killed test process left (no drop ran) is swept by the next
+//! node started: its pods by their cgroups, its shims, its mounts.
 
 mod cleanup;
 mod containerd;
@@ -79,6 +80,7 @@ impl Node {
     /// Starts containerd and the kubelet for `spec` and waits until the Node is `Ready`.
     pub async fn start(cp: &ControlPlane, spec: NodeSpec) -> Result<Node> {
         let [kubelet_bin, _, _] = node_binaries()?;
+        cleanup::sweep_stale();
         let dir = crate::temp_dir(&format!("node-{}", spec.name))?;
         let path = dir.path().to_path_buf();
         let netns = NetNs::new(spec.ip)?;
