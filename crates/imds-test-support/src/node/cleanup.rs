@@ -1,6 +1,8 @@
 //! What a node leaves on the machine and how it goes: the kubelet's cgroup root (cgroup v1, one
-//! directory per hierarchy), containerd's shims (which outlive containerd), and mounts under the
-//! node's dir (container root filesystems, sandbox `/dev/shm`, the kubelet's volume tmpfs).
+//! directory per hierarchy), containerd's shims (which outlive containerd) and their sockets in
+//! `/run/containerd/s`, mounts under the node's dir (container root filesystems, sandbox
+//! `/dev/shm`, the kubelet's volume tmpfs), and the kubelet's paths it does not let one move
+//! (`/var/log/containers` links, `/var/lib/kubelet/device-plugins/kubelet.sock`).
 //! Every loop here is bounded; every process killed is found by what makes it this node's (its
 //! cgroup, or the node's containerd socket on its command line), never by a name.
 
@@ -93,6 +95,7 @@ pub(super) fn sweep_stale() {
     SWEPT.call_once(|| {
         for dir in crate::stale_temp_dirs("node") {
             kill_shims(&dir.join("containerd.sock"));
+            remove_host_leftovers(&dir);
             unmount_under(&dir);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 eprintln!("warning: could not remove stale {}: {e}", dir.display());
@@ -175,6 +178,67 @@ pub(super) fn kill_shims(socket: &Path) -> usize {
         }
     }
     killed
+}
+
+/// containerd 1.6's shim sockets: `/run/containerd/s/<sha256 of "<socket>/<namespace>/<id>">`.
+const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+/// Paths the kubelet does not take from its root dir.
+const CONTAINER_LOG_LINKS: &str = "/var/log/containers";
+const DEVICE_PLUGIN_SOCKET: &str = "/var/lib/kubelet/device-plugins/kubelet.sock";
+
+/// Removes what the node's processes left outside its dir (after they are gone): the shims'
+/// sockets (of every task whose state is under `dir`), the container log links into `dir`, the
+/// kubelet's device-plugin socket; then those directories if they are empty. Best effort.
+pub(super) fn remove_host_leftovers(dir: &Path) {
+    let socket = dir.join("containerd.sock");
+    let tasks = dir
+        .join("containerd/state/io.containerd.runtime.v2.task")
+        .join(super::containerd::K8S_NAMESPACE);
+    for task in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+        let key = format!(
+            "{}/{}/{}",
+            socket.display(),
+            super::containerd::K8S_NAMESPACE,
+            task.file_name().to_string_lossy()
+        );
+        if let Some(hex) = sha256_hex(&key) {
+            let _ = std::fs::remove_file(Path::new(SHIM_SOCKET_DIR).join(hex));
+        }
+    }
+    for link in std::fs::read_dir(CONTAINER_LOG_LINKS).into_iter().flatten().flatten() {
+        if std::fs::read_link(link.path()).is_ok_and(|target| target.starts_with(dir)) {
+            let _ = std::fs::remove_file(link.path());
+        }
+    }
+    let _ = std::fs::remove_file(DEVICE_PLUGIN_SOCKET);
+    // Only empty ones go (remove_dir refuses the others).
+    for empty in [
+        SHIM_SOCKET_DIR,
+        "/run/containerd",
+        CONTAINER_LOG_LINKS,
+        "/var/lib/kubelet/device-plugins",
+        "/var/lib/kubelet",
+    ] {
+        let _ = std::fs::remove_dir(empty);
+    }
+}
+
+/// `sha256sum` of a string, as lowercase hex.
+fn sha256_hex(text: &str) -> Option<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(text.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    let hex = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()?
+        .to_string();
+    (out.status.success() && hex.len() == 64).then_some(hex)
 }
 
 /// Unmounts (lazily) every mount at or below `dir`, deepest first.

@@ -79,6 +79,8 @@ pub(super) fn start(args: &KubeletArgs<'_>, netns: &NetNs) -> Result<ChildGuard>
         .arg(args.kubeconfig)
         .arg("--root-dir")
         .arg(args.dir.join("kubelet"))
+        .arg("--cert-dir")
+        .arg(args.dir.join("kubelet-pki"))
         .arg(format!("--hostname-override={}", args.node_name))
         .arg(format!("--node-ip={}", args.node_ip))
         .arg("--v=2");

@@ -12,11 +12,12 @@
 //! kubelet's cgroupfs driver), Debian's containerd, runc, containernetworking-plugins, umoci,
 //! skopeo and a C compiler with static glibc.
 //!
-//! Every state dir (containerd root/state/sockets, runc root, CNI config, kubelet root, pod
-//! logs) is under the node's temp dir, except what containerd 1.6 puts in `/run/containerd/s`
-//! (its shims' sockets, gone with the shims). Teardown ([`Node`]'s drop): kubelet, the pods'
-//! processes (by the node's cgroup), containerd, its shims (by its socket), the mounts under the
-//! dir, the cgroups, the dir. What a killed test process left (no drop ran) is swept by the next
+//! Every state dir (containerd root/state/sockets, runc root, CNI config, kubelet root and
+//! certificates, pod logs) is under the node's temp dir, except what neither lets one move:
+//! containerd 1.6's shim sockets in `/run/containerd/s`, the kubelet's links in
+//! `/var/log/containers` and its `/var/lib/kubelet/device-plugins/kubelet.sock`. Teardown
+//! ([`Node`]'s drop): kubelet, the pods' processes (by the node's cgroup), containerd, its shims
+//! (by its socket), those paths outside the dir, the mounts under the dir, the cgroups, the dir. What a killed test process left (no drop ran) is swept by the next
 //! node started: its pods by their cgroups, its shims, its mounts.
 
 mod cleanup;
@@ -172,6 +173,7 @@ impl Node {
             cleanup::kill_shims(containerd.socket());
         }
         self.forwarders.clear();
+        cleanup::remove_host_leftovers(&self.path);
         cleanup::unmount_under(&self.path);
         if let Some(dir) = self.dir.take() {
             crate::finish_temp_dir(dir);
