@@ -64,24 +64,39 @@ impl CgroupRoot {
     }
 
     /// SIGKILLs every process in the root's subtree (the pods' processes), waits for them to
-    /// go, and removes the cgroups, deepest first. Errors are reported, not returned.
+    /// go, and removes the cgroups, deepest first; again while the root is still there (a
+    /// runtime may create a child meanwhile), up to a deadline. Errors are reported, not
+    /// returned.
     pub(super) fn remove(&mut self) {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         for dir in std::mem::take(&mut self.dirs) {
-            let mut cgroups = subtree(&dir);
-            cgroups.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-            for cgroup in &cgroups {
-                while kill_members(cgroup) > 0 && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
+            while dir.exists() {
+                let last_try = Instant::now() >= deadline;
+                remove_subtree(&dir, deadline, last_try);
+                if last_try {
+                    break;
                 }
-                match std::fs::remove_dir(cgroup) {
-                    // runc removes a container's cgroups itself when its process is gone.
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        eprintln!("warning: could not remove cgroup {}: {e}", cgroup.display());
-                    }
-                    _ => {}
-                }
+                std::thread::sleep(Duration::from_millis(50));
             }
+        }
+    }
+}
+
+/// One pass over a cgroup subtree, deepest first: kill its members (until none is left or the
+/// deadline passes), remove it. Reports failures only when `report`.
+fn remove_subtree(dir: &Path, deadline: Instant, report: bool) {
+    let mut cgroups = subtree(dir);
+    cgroups.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for cgroup in &cgroups {
+        while kill_members(cgroup) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        match std::fs::remove_dir(cgroup) {
+            // runc removes a container's cgroups itself when its process is gone.
+            Err(e) if report && e.kind() != std::io::ErrorKind::NotFound => {
+                eprintln!("warning: could not remove cgroup {}: {e}", cgroup.display());
+            }
+            _ => {}
         }
     }
 }
