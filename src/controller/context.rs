@@ -95,4 +95,10 @@ impl Context {
         self.memo.forget_policy(policy);
         self.metrics.forget_policy(policy);
     }
+
+    /// Every policy that exists, those being deleted included.
+    pub fn live_policies(&self) -> std::collections::HashSet<String> {
+        use kube::ResourceExt;
+        self.stores.policies.state().iter().map(|p| p.name_any()).collect()
+    }
 }

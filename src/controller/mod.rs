@@ -37,6 +37,7 @@ pub mod policy_writes;
 pub mod preflight;
 pub mod reconcile;
 pub mod records;
+pub mod revert;
 pub mod rollout;
 pub mod singleton;
 pub mod watches;

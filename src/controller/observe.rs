@@ -204,6 +204,7 @@ pub async fn plan_with_cache(ctx: &Context, observed: &Observed, outcomes: &Hash
         guard_facts: &guard_facts,
     };
     let mut plans = plan::plan(&input, &observed.selected);
+    super::revert::hold_reverted(ctx, &mut plans).await;
     for p in plans.iter_mut() {
         if let Some(failure) = p.instance_id.as_ref().and_then(|id| outcomes.get(id)) {
             p.fail(failure.clone());

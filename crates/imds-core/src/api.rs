@@ -232,10 +232,11 @@ pub struct Verify {
     #[serde(default = "default_verify_window")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"))]
     pub window: String,
-    /// What rejected calls within the window do: `Halt` (default) halts the rollout exactly like
-    /// a node turning NotReady (`Stalled`, reason `IMDSv1CallsRejected`, an Event; resume with the
-    /// annotation `imds-operator.io/resume-rollout` or a spec change); `Ignore` reads nothing and
-    /// does not wait.
+    /// What rejected calls within the window do: `Halt` (default) halts the rollout like a node
+    /// turning NotReady (`Stalled`, `IMDSv1CallsRejected`, an Event; resume with the annotation
+    /// `imds-operator.io/resume-rollout` or a spec change); `Revert` also puts each instance that
+    /// refused calls back to its recorded original options (`Reverted`) and holds it until a spec
+    /// change or a new `imds-operator.io/reenforce-reverted` value; `Ignore` reads nothing.
     #[serde(default)]
     pub on_rejected_calls: RejectedCallsAction,
 }
@@ -259,6 +260,8 @@ pub enum RejectedCallsAction {
     /// Halt the rollout.
     #[default]
     Halt,
+    /// Halt the rollout and put the instance back to its recorded options.
+    Revert,
     /// Do not verify.
     Ignore,
 }
@@ -542,6 +545,9 @@ pub struct RolloutHalt {
 
 /// Annotation that resumes a halted rollout when set to a value the operator has not acted on.
 pub const RESUME_ANNOTATION: &str = "imds-operator.io/resume-rollout";
+
+/// A new value re-enforces the instances the policy reverted (`onRejectedCalls: Revert`).
+pub const REENFORCE_ANNOTATION: &str = "imds-operator.io/reenforce-reverted";
 
 /// Finalizer of policies with `onDelete: Restore`.
 pub const RESTORE_FINALIZER: &str = "imds-operator.io/restore";

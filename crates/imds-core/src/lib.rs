@@ -19,6 +19,7 @@
 //! - [`requeue`]: when to look again (backoff per failure kind).
 //! - [`record`]: what the operator changed on an instance (originals, who, the last request).
 //! - [`restore`]: what an instance needs when its `Restore` policy is deleted.
+//! - [`revert`]: putting an instance back after refused IMDSv1 calls, and holding it there.
 //! - [`status`]: node plans → the policy's status and kstatus conditions.
 //! - [`usage`]: IMDSv1 usage per CloudWatch period, and what counts after an instance's boot window.
 //! - [`leader`]: leader-election decisions (client-go's rules) and the leader's write window.
@@ -41,6 +42,7 @@ pub mod reason;
 pub mod record;
 pub mod requeue;
 pub mod restore;
+pub mod revert;
 pub mod rollout;
 pub mod selection;
 pub mod status;
