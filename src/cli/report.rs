@@ -67,6 +67,9 @@ pub struct NodeRow {
     pub state: String,
     /// What keeps it from complying (guard, conflict, skip reason, error), if anything.
     pub blocker: Option<String>,
+    /// Refused IMDSv1 calls and the launch source.
+    #[serde(flatten)]
+    pub history: super::report_fleet::NodeHistory,
 }
 
 /// The whole report.
@@ -83,6 +86,9 @@ pub struct Report {
     /// `compliant`: they decide what new instances launch with).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account_defaults: Option<super::report_defaults::AccountDefaultsSection>,
+    /// The launch sources of the nodes, with how many are not compliant.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub launch_sources: Vec<super::report_fleet::LaunchSourceRow>,
 }
 
 /// Pure: the report from the per-policy plans, the nodes and what EC2 said.
@@ -152,6 +158,7 @@ pub fn build(
         summary,
         compliant,
         account_defaults: None,
+        launch_sources: Vec::new(),
     }
 }
 
@@ -183,6 +190,8 @@ pub fn table(report: &Report) -> String {
         "STATE".to_string(),
         "CURRENT".to_string(),
         "WANTED".to_string(),
+        "REJECTED".to_string(),
+        "SOURCE".to_string(),
         "BLOCKER".to_string(),
     ]];
     for r in &report.nodes {
@@ -192,10 +201,12 @@ pub fn table(report: &Report) -> String {
             r.state.clone(),
             short(&r.current),
             short(&r.wanted),
+            r.history.rejected_calls.map_or_else(|| "-".into(), |n| n.to_string()),
+            r.history.launch_source.clone().unwrap_or_else(|| "-".into()),
             r.blocker.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..8)
         .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -218,6 +229,7 @@ pub fn table(report: &Report) -> String {
     if let Some(section) = &report.account_defaults {
         out.push_str(&super::report_defaults::text(section));
     }
+    out.push_str(&super::report_fleet::text(&report.launch_sources));
     out
 }
 
@@ -297,6 +309,15 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<bool> {
         plans = plan_all(&facts);
     }
     let mut report = build(&nodes, &policies, &plans, &observations);
+    let sources = described
+        .iter()
+        .filter_map(|(id, d)| Some((id.clone(), d.launch_source.clone()?)));
+    let rejected = super::report_fleet::read_rejected(&usage, &ids, std::time::SystemTime::now()).await;
+    let rows = report.nodes.iter_mut().map(|r| {
+        let compliant = matches!(r.state.as_str(), "Compliant" | "Skipped" | "NoPolicy");
+        (r.instance_id.as_deref(), compliant, &mut r.history)
+    });
+    report.launch_sources = super::report_fleet::annotate(rows, &sources.collect(), &rejected);
     report.account_defaults = Some(super::report_defaults::section(ec2.get_defaults().await, &policies));
     match args.output {
         OutputFormat::Table => print!("{}", table(&report)),
