@@ -89,6 +89,9 @@ pub struct Report {
     /// The launch sources of the nodes, with how many are not compliant.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub launch_sources: Vec<super::report_fleet::LaunchSourceRow>,
+    /// Per policy, the Karpenter EC2NodeClasses that would launch its nodes drifted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub node_classes: Vec<super::report_fleet::PolicyNodeClasses>,
 }
 
 /// Pure: the report from the per-policy plans, the nodes and what EC2 said.
@@ -159,6 +162,7 @@ pub fn build(
         compliant,
         account_defaults: None,
         launch_sources: Vec::new(),
+        node_classes: Vec::new(),
     }
 }
 
@@ -230,6 +234,7 @@ pub fn table(report: &Report) -> String {
         out.push_str(&super::report_defaults::text(section));
     }
     out.push_str(&super::report_fleet::text(&report.launch_sources));
+    out.push_str(&super::report_fleet::node_classes_text(&report.node_classes));
     out
 }
 
@@ -266,6 +271,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<bool> {
     super::run::install_crypto_provider();
     let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
     let policies = gather_policies(&args, &client).await?;
+    let node_classes = super::report_fleet::node_classes(&client, &policies).await;
     let node_list = Api::<Node>::all(client)
         .list(&ListParams::default())
         .await
@@ -318,6 +324,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<bool> {
         (r.instance_id.as_deref(), compliant, &mut r.history)
     });
     report.launch_sources = super::report_fleet::annotate(rows, &sources.collect(), &rejected);
+    report.node_classes = node_classes;
     report.account_defaults = Some(super::report_defaults::section(ec2.get_defaults().await, &policies));
     match args.output {
         OutputFormat::Table => print!("{}", table(&report)),

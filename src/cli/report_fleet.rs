@@ -2,10 +2,13 @@
 //! calls EC2 refused (CloudWatch `MetadataNoTokenRejected` over the last
 //! [`REJECTED_LOOKBACK`]: something on that node still uses IMDSv1 and broke when IMDSv2 was
 //! required) and the launch source named by its instance's tags; per launch source, how many of
-//! its nodes are not compliant — the template or `EC2NodeClass` to fix.
+//! its nodes are not compliant — the template or `EC2NodeClass` to fix; and per policy, the
+//! Karpenter `EC2NodeClass`es that would launch the nodes it selects with other options.
 
 use crate::aws::cloudwatch::UsageReader;
+use imds_core::karpenter::{self, NodeClassReport};
 use imds_core::launch_source::LaunchSource;
+use imds_core::selection::PolicyInput;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
@@ -101,6 +104,56 @@ pub fn text(sources: &[LaunchSourceRow]) -> String {
     out
 }
 
+/// The node classes that disagree with one policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyNodeClasses {
+    /// The policy.
+    pub policy: String,
+    /// The node classes, with the NodePools using them and each option that differs.
+    pub node_classes: Vec<NodeClassReport>,
+}
+
+/// Reads Karpenter's node classes and pools and compares them with every policy; empty without
+/// Karpenter (a note on stderr when they cannot be read).
+pub async fn node_classes(client: &kube::Client, policies: &[PolicyInput]) -> Vec<PolicyNodeClasses> {
+    let inventory = match crate::controller::karpenter::read(client).await {
+        Ok(Some(inventory)) => inventory,
+        Ok(None) => return Vec::new(),
+        Err(e) => {
+            eprintln!("note: Karpenter EC2NodeClasses unreadable: {e}");
+            return Vec::new();
+        }
+    };
+    policies
+        .iter()
+        .map(|p| PolicyNodeClasses {
+            policy: p.name.clone(),
+            node_classes: karpenter::mismatches(p, &inventory.classes, &inventory.pools),
+        })
+        .filter(|p| !p.node_classes.is_empty())
+        .collect()
+}
+
+/// The node-class lines of the table output.
+pub fn node_classes_text(section: &[PolicyNodeClasses]) -> String {
+    let mut out = String::new();
+    for p in section {
+        for c in &p.node_classes {
+            out.push_str(&format!(
+                "policy {}: Karpenter EC2NodeClass {} launches its nodes with {}\n",
+                p.policy,
+                c.node_class,
+                c.mismatches.join(", ")
+            ));
+        }
+    }
+    if !out.is_empty() {
+        out.insert(0, '\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +199,22 @@ mod tests {
             "{shown}"
         );
         assert_eq!(text(&[]), "");
+    }
+
+    #[test]
+    fn node_class_lines() {
+        let section = [PolicyNodeClasses {
+            policy: "v2".into(),
+            node_classes: vec![NodeClassReport {
+                node_class: "legacy".into(),
+                node_pools: vec!["old".into()],
+                mismatches: vec!["httpTokens: optional → required".into()],
+            }],
+        }];
+        assert_eq!(
+            node_classes_text(&section),
+            "\npolicy v2: Karpenter EC2NodeClass legacy launches its nodes with httpTokens: optional → required\n"
+        );
+        assert_eq!(node_classes_text(&[]), "");
     }
 }

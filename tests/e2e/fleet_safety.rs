@@ -289,3 +289,80 @@ async fn launch_sources_of_new_drifted_instances_are_named() -> Result<()> {
     operator.ensure_running()?;
     Ok(())
 }
+
+/// Karpenter (minimal stand-ins for its CRDs, `tests/fixtures/karpenter-crds.yaml`): an
+/// `EC2NodeClass` that launches on IMDSv1, used by a NodePool, is reported against the policy
+/// that would select its nodes — in status (`nodeClasses`), as a Warning and in `report` — while
+/// no node exists; a node class left to Karpenter's defaults (IMDSv2 required) is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_karpenter_node_class_on_imdsv1_is_reported_before_any_node_launches() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let double = Ec2Double::start().await;
+    let crds = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/karpenter-crds.yaml"
+    ))?;
+    cluster.apply(&crds)?;
+    for crd in ["ec2nodeclasses.karpenter.k8s.aws", "nodepools.karpenter.sh"] {
+        let crd = format!("crd/{crd}");
+        cluster.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", &crd])?;
+    }
+    cluster.apply(
+        "apiVersion: karpenter.k8s.aws/v1\nkind: EC2NodeClass\nmetadata: {name: legacy}\nspec: {metadataOptions: {httpTokens: optional, httpPutResponseHopLimit: 2}}\n---\n\
+         apiVersion: karpenter.k8s.aws/v1\nkind: EC2NodeClass\nmetadata: {name: default}\nspec: {role: KarpenterNodeRole}\n---\n\
+         apiVersion: karpenter.sh/v1\nkind: NodePool\nmetadata: {name: old}\nspec: {template: {metadata: {labels: {team: a}}, spec: {nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: legacy}}}}\n---\n\
+         apiVersion: karpenter.sh/v1\nkind: NodePool\nmetadata: {name: general}\nspec: {template: {spec: {nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}}}}\n",
+    )?;
+    let mut operator = Operator::start(&cluster, &double.aws_env(), &OPERATOR_ARGS).await?;
+    let team_a = "apiVersion: imds-operator.io/v1alpha1\nkind: InstanceMetadataPolicy\nmetadata:\n  name: team-a\nspec:\n  nodeSelector: {matchLabels: {team: a}}\n  metadataOptions: {httpTokens: required}\n";
+    cluster.apply(team_a)?;
+    let status = cluster
+        .wait_status("team-a", "node class reported", |_, s| !s.node_classes.is_empty())
+        .await?;
+    assert_eq!(status.matched_nodes, 0, "no node launched");
+    let reported: Vec<(&str, Vec<&str>, Vec<&str>)> = status
+        .node_classes
+        .iter()
+        .map(|c| {
+            let pools = c.node_pools.iter().map(String::as_str).collect();
+            (
+                c.node_class.as_str(),
+                pools,
+                c.mismatches.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reported,
+        vec![("legacy", vec!["old"], vec!["httpTokens: optional → required"])]
+    );
+    let events = cluster.events_for("team-a").await?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("NodeClassMismatch:") && e.contains("legacy")),
+        "{events:?}"
+    );
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, team_a)?;
+    let file_arg = file.to_string_lossy().to_string();
+    let (_, json) =
+        crate::report::report_with_env(&cluster, &double.aws_env(), &["--policy", &file_arg, "-o", "json"])?;
+    let parsed: serde_json::Value = serde_json::from_str(&json)?;
+    let entry = &parsed["nodeClasses"][0];
+    assert_eq!(
+        (&entry["policy"], &entry["nodeClasses"][0]["nodeClass"]),
+        (&"team-a".into(), &"legacy".into()),
+        "{json}"
+    );
+    let (_, table) = crate::report::report_with_env(&cluster, &double.aws_env(), &["--policy", &file_arg])?;
+    assert!(
+        table.contains(
+            "policy team-a: Karpenter EC2NodeClass legacy launches its nodes with httpTokens: optional → required"
+        ),
+        "{table}"
+    );
+    operator.ensure_running()?;
+    Ok(())
+}

@@ -8,11 +8,16 @@ use imds_test_support::e2e::{Cluster, Operator};
 use std::process::Command;
 
 fn report(cluster: &Cluster, moto: &Moto, args: &[&str]) -> Result<(i32, String)> {
+    report_with_env(cluster, &moto.aws_env(), args)
+}
+
+/// Runs `imds-operator report` with `aws_env`; its exit status (an error on 2) and stdout.
+pub(crate) fn report_with_env(cluster: &Cluster, aws_env: &[(String, String)], args: &[&str]) -> Result<(i32, String)> {
     let mut cmd = Command::new(Operator::binary());
     cmd.arg("report")
         .args(args)
         .env("KUBECONFIG", cluster.cp.kubeconfig_path());
-    for (k, v) in moto.aws_env() {
+    for (k, v) in aws_env {
         cmd.env(k, v);
     }
     let out = cmd.output().context("running imds-operator report")?;

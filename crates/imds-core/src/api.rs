@@ -432,28 +432,22 @@ pub struct InstanceMetadataPolicyStatus {
     /// Nodes selected by `spec.nodeSelector`.
     #[serde(default)]
     pub matched_nodes: i32,
-
     /// Selected nodes whose instance has every option this policy decides, applied.
     #[serde(default)]
     pub compliant_nodes: i32,
-
     /// Selected nodes whose instance differs from what this policy decides.
     #[serde(default)]
     pub drifted_nodes: i32,
-
     /// Selected nodes whose instance has a metadata change in flight (`pending` in EC2).
     #[serde(default)]
     pub pending_nodes: i32,
-
     /// Selected nodes the operator cannot manage: no providerID yet, not an EC2 instance
     /// (Fargate, another cloud), a malformed providerID, or a terminated instance.
     #[serde(default)]
     pub skipped_nodes: i32,
-
     /// Selected nodes where reading or modifying the instance failed.
     #[serde(default)]
     pub failed_nodes: i32,
-
     /// Selected nodes where this policy and another of equal priority set an option to
     /// different values; that option is left alone.
     #[serde(default)]
@@ -499,6 +493,12 @@ pub struct InstanceMetadataPolicyStatus {
     /// account defaults (or create the InstanceMetadataDefaults singleton).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_defaults: Option<AccountDefaultsReport>,
+
+    /// Karpenter EC2NodeClasses whose nodes this policy would select and whose
+    /// `spec.metadataOptions` (Karpenter's defaults where unset) launch them with other options
+    /// than it sets, at most 10: fix the node class before its nodes launch drifted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_classes: Vec<crate::karpenter::report::NodeClassReport>,
 
     /// When the operator last finished reconciling this policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,6 +9,7 @@
 //! - [`reason`]: every reason written to status and Events.
 //! - [`options`]: the five metadata options, EC2's launch defaults, the original-options record.
 //! - [`provider_id`]: Node `spec.providerID` → EC2 instance.
+//! - [`karpenter`]: Karpenter `EC2NodeClass` options against the policies that would select its nodes.
 //! - [`labels`]: node labels kept interned and shared, and the selectors that match them.
 //! - [`launch_source`]: which launch template, node group or `EC2NodeClass` keeps launching drifted instances.
 //! - [`node`]: what the operator keeps of a Node.
@@ -30,6 +31,7 @@ pub mod defaults;
 pub mod defaults_api;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod karpenter;
 pub mod labels;
 pub mod launch_source;
 pub mod leader;

@@ -47,6 +47,8 @@ pub enum Reason {
     /// moved it to IMDSv2 (`onRejectedCalls: Revert`), so it was put back to its recorded options
     /// and is held there until a person re-enforces it.
     Reverted,
+    /// Event: a Karpenter EC2NodeClass launches the nodes this policy selects with other options.
+    NodeClassMismatch,
     /// Node, `Ready`, `Stalled` and Event: the instance made IMDSv1 calls within the lookback.
     Imdsv1InUse,
     /// Node, `Ready` and `Stalled`: `MetadataNoToken` could not be read.
@@ -98,7 +100,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 40] = [
+    pub const ALL: [Reason; 41] = [
         Reason::Compliant,
         Reason::NoNodesSelected,
         Reason::Drifted,
@@ -118,6 +120,7 @@ impl Reason {
         Reason::RolloutHalted,
         Reason::Imdsv1CallsRejected,
         Reason::Reverted,
+        Reason::NodeClassMismatch,
         Reason::Imdsv1InUse,
         Reason::Imdsv1UsageUnknown,
         Reason::TagKeyNotAllowed,
@@ -163,6 +166,7 @@ impl Reason {
             Reason::RolloutHalted => "RolloutHalted",
             Reason::Imdsv1CallsRejected => "IMDSv1CallsRejected",
             Reason::Reverted => "Reverted",
+            Reason::NodeClassMismatch => "NodeClassMismatch",
             Reason::Imdsv1InUse => "IMDSv1InUse",
             Reason::Imdsv1UsageUnknown => "IMDSv1UsageUnknown",
             Reason::TagKeyNotAllowed => "TagKeyNotAllowed",
