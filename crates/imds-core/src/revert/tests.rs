@@ -304,3 +304,21 @@ fn a_held_plan_sends_nothing_and_says_how_to_release() {
     hold_plan(&mut compliant, &hold("v2", 4, None));
     assert_eq!(compliant.reason, Reason::Compliant, "nothing to hold back");
 }
+
+/// A revert EC2 refused leaves no hold (the instance was not put back); an accepted one keeps it.
+#[test]
+fn a_refused_revert_leaves_no_hold() {
+    let before = record("v2", 1_000, ChangeState::Accepted, required());
+    let revert = Revert {
+        request: FullOptions::EC2_LAUNCH_DEFAULTS,
+        restored: vec![Field::HttpTokens, Field::HopLimit],
+        rejected_calls: 3,
+    };
+    let change = ChangeRecord::new("v2", "n1", ts(1_100), true, &revert.request, ChangeState::Sent);
+    let ahead = before_revert(&before, &revert, change, hold("v2", 4, None));
+    let refused = record::after_answer(&ahead, &before, &ahead, record::Answer::Refused);
+    assert_eq!(refused, before, "entries, last change and (no) hold as before");
+    let accepted = record::after_answer(&ahead, &before, &ahead, record::Answer::Accepted(ts(1_101)));
+    assert!(accepted.reverted.is_some());
+    assert_eq!(accepted.change.map(|c| c.state), Some(ChangeState::Accepted));
+}
