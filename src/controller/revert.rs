@@ -121,7 +121,7 @@ async fn revert_claimed(ctx: &Context, policy: &InstanceMetadataPolicy, target: 
                 options: revert.request.to_tag_value(),
                 ..hold.clone()
             };
-            let next = revert::before_revert(stored, &revert, change, hold);
+            let next = revert::before_revert(stored, change, hold);
             if let Ok(mut planned) = planned.lock() {
                 *planned = Some((stored.clone(), next.clone(), revert));
             }

@@ -334,12 +334,6 @@ pub fn after_answer(
                     None => next.options.remove(name),
                 };
             }
-            // Entries the write-ahead dropped (a revert puts originals back) come back too.
-            for (name, entry) in &before.options {
-                if !written.options.contains_key(name) && !next.options.contains_key(name) {
-                    next.options.insert(name.clone(), entry.clone());
-                }
-            }
             if stored.change == written.change {
                 next.change = before.change.clone();
             }

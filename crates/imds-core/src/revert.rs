@@ -139,18 +139,11 @@ fn originals_over(
     (target, restored)
 }
 
-/// The record written ahead of the revert request: the restored options' entries go (the
-/// instance has its originals again), the request is recorded as `Sent`, and the hold is set.
-pub fn before_revert(
-    record: &InstanceRecord,
-    revert: &Revert,
-    change: ChangeRecord,
-    hold: RevertHold,
-) -> InstanceRecord {
+/// The record written ahead of the revert request: the request is recorded as `Sent` and the
+/// hold is set. The originals stay: they are still what the instance had before the operator
+/// first changed it (a later enforcement keeps them, a restore finds nothing to do).
+pub fn before_revert(record: &InstanceRecord, change: ChangeRecord, hold: RevertHold) -> InstanceRecord {
     let mut next = record.clone();
-    for field in &revert.restored {
-        next.options.remove(field.name());
-    }
     next.change = Some(change);
     next.reverted = Some(hold);
     next

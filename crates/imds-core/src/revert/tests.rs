@@ -236,8 +236,8 @@ fn the_request_is_the_recorded_originals_with_all_five_options() {
     assert_eq!(revert.rejected_calls, 3);
     let hold = hold("v2", 4, None);
     let change = ChangeRecord::new("v2", "n1", ts(1_100), true, &revert.request, ChangeState::Sent);
-    let next = before_revert(&record, &revert, change.clone(), hold.clone());
-    assert!(next.options.is_empty(), "the originals are back: their entries go");
+    let next = before_revert(&record, change.clone(), hold.clone());
+    assert_eq!(next.options, record.options, "the originals stay recorded");
     assert_eq!((next.change, next.reverted), (Some(change), Some(hold)));
 }
 
@@ -305,17 +305,14 @@ fn a_held_plan_sends_nothing_and_says_how_to_release() {
     assert_eq!(compliant.reason, Reason::Compliant, "nothing to hold back");
 }
 
-/// A revert EC2 refused leaves no hold (the instance was not put back); an accepted one keeps it.
+/// A revert EC2 refused leaves the record as it was (no hold: the instance was not put back); an
+/// accepted one keeps the hold.
 #[test]
 fn a_refused_revert_leaves_no_hold() {
     let before = record("v2", 1_000, ChangeState::Accepted, required());
-    let revert = Revert {
-        request: FullOptions::EC2_LAUNCH_DEFAULTS,
-        restored: vec![Field::HttpTokens, Field::HopLimit],
-        rejected_calls: 3,
-    };
-    let change = ChangeRecord::new("v2", "n1", ts(1_100), true, &revert.request, ChangeState::Sent);
-    let ahead = before_revert(&before, &revert, change, hold("v2", 4, None));
+    let request = FullOptions::EC2_LAUNCH_DEFAULTS;
+    let change = ChangeRecord::new("v2", "n1", ts(1_100), true, &request, ChangeState::Sent);
+    let ahead = before_revert(&before, change, hold("v2", 4, None));
     let refused = record::after_answer(&ahead, &before, &ahead, record::Answer::Refused);
     assert_eq!(refused, before, "entries, last change and (no) hold as before");
     let accepted = record::after_answer(&ahead, &before, &ahead, record::Answer::Accepted(ts(1_101)));
