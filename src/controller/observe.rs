@@ -133,6 +133,7 @@ pub async fn refresh(ctx: &Context, instance_ids: &[String], all: bool) -> Vec<S
                 let change = record.change.as_ref().filter(|c| c.state == ChangeState::Sent)?;
                 let mut next = record.clone();
                 next.change = record::settle_sent(change, shown.get(id)?, issued_at);
+                imds_core::revert::forget_untaken(&mut next, change);
                 Some(next)
             })
             .await;

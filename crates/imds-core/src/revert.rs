@@ -149,6 +149,16 @@ pub fn before_revert(record: &InstanceRecord, change: ChangeRecord, hold: Revert
     next
 }
 
+/// After a describe settled `sent` (the record's last request, `Sent`): when it was a revert that
+/// did not take (the settled record has no request any more), its hold goes too — the instance
+/// was never put back.
+pub fn forget_untaken(settled: &mut InstanceRecord, sent: &ChangeRecord) {
+    let untaken = settled.change.is_none() && settled.reverted.as_ref().is_some_and(|h| h.options == sent.request);
+    if untaken {
+        settled.reverted = None;
+    }
+}
+
 /// Marks the plan of a held instance: it would otherwise get a request (or its revert is still
 /// `pending` in EC2), and gets none. A plan that needs nothing (the instance complies anyway),
 /// failed or conflicts is kept.

@@ -319,3 +319,30 @@ fn a_refused_revert_leaves_no_hold() {
     assert!(accepted.reverted.is_some());
     assert_eq!(accepted.change.map(|c| c.state), Some(ChangeState::Accepted));
 }
+
+/// A revert whose answer was lost and that a describe shows did not take leaves no hold.
+#[test]
+fn an_untaken_revert_leaves_no_hold() {
+    let request = FullOptions::EC2_LAUNCH_DEFAULTS;
+    let sent = ChangeRecord::new("v2", "n1", ts(1_100), true, &request, ChangeState::Sent);
+    let held = before_revert(
+        &record("v2", 1_000, ChangeState::Accepted, required()),
+        sent.clone(),
+        hold("v2", 4, None),
+    );
+    let mut untaken = InstanceRecord {
+        change: None,
+        ..held.clone()
+    };
+    forget_untaken(&mut untaken, &sent);
+    assert_eq!(untaken.reverted, None);
+    let mut taken = InstanceRecord {
+        change: Some(ChangeRecord {
+            state: ChangeState::Accepted,
+            ..sent.clone()
+        }),
+        ..held
+    };
+    forget_untaken(&mut taken, &sent);
+    assert!(taken.reverted.is_some(), "it took: the hold stays");
+}
