@@ -94,6 +94,8 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
         .defaults
         .as_ref()
         .and_then(|d| imds_core::defaults::report_for_policy(&policy.spec.metadata_options, d));
+    new_status.node_classes = super::node_classes::mismatches(ctx, &observed.me).await;
+    super::node_classes::publish_new(ctx, policy, &new_status.node_classes).await;
     publish_conflicts(ctx, policy, &plans).await;
     publish_new_halt(ctx, policy, &progress, &new_status).await;
     patch_status(ctx, &name, &new_status).await?;
