@@ -98,6 +98,7 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
     publish_new_halt(ctx, policy, &progress, &new_status).await;
     patch_status(ctx, &name, &new_status).await?;
     record_gauges(ctx, &name, &new_status);
+    ctx.policy_reports.offer(policy, &plans);
     Ok(next_action(ctx, policy, &observed, &plans, &progress).await)
 }
 

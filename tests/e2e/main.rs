@@ -9,6 +9,7 @@ mod image;
 mod invalid;
 mod moto_scenarios;
 mod observability;
+mod policy_reports;
 mod records;
 mod registry;
 mod report;

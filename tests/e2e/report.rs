@@ -7,7 +7,8 @@ use imds_test_support::Moto;
 use imds_test_support::e2e::{Cluster, Operator};
 use std::process::Command;
 
-fn report(cluster: &Cluster, moto: &Moto, args: &[&str]) -> Result<(i32, String)> {
+/// Runs `imds-operator report <args>`: (exit status, stdout).
+pub(crate) fn report(cluster: &Cluster, moto: &Moto, args: &[&str]) -> Result<(i32, String)> {
     let mut cmd = Command::new(Operator::binary());
     cmd.arg("report")
         .args(args)
