@@ -1,8 +1,8 @@
 //! The observability files the project ships, checked against the real tools (fast, no cluster):
 //! the chart's alerts (one source, files/alerts.yaml) under `promtool test rules`, the chart
-//! rendering each piece on and off (`helm template`), the Grafana dashboard, the Argo CD health
-//! check run by a Lua interpreter and kstatus on the policies the e2e suite captured
-//! (tests/e2e/observability.rs), and the Flux example.
+//! rendering each piece on and off (`helm template`; policy reports with their RBAC too), the
+//! Grafana dashboard, the Argo CD health check run by a Lua interpreter and kstatus on the
+//! policies the e2e suite captured (tests/e2e/observability.rs), and the Flux example.
 //!
 //! The tools come from hack/setup.d/30-observability.sh (hack/test.sh sources it); a missing
 //! tool fails the test with a message saying so. `IMDS_OPERATOR_REGENERATE=1` rewrites
@@ -327,6 +327,64 @@ fn chart_renders_the_dashboard_config_map_on_and_off() -> Result<()> {
         "prometheusRule.enabled=true",
     ])?;
     ensure!(ok, "helm lint failed:\n{stdout}{stderr}");
+    Ok(())
+}
+
+/// The operator container's args and the ClusterRole's wgpolicyk8s.io rules, as rendered.
+fn report_args_and_rules(docs: &[Value]) -> Result<(Vec<String>, Vec<Value>)> {
+    let deployment = of_kind(docs, "Deployment");
+    ensure!(deployment.len() == 1, "{} Deployments", deployment.len());
+    let args: Vec<String> =
+        serde_json::from_value(deployment[0]["spec"]["template"]["spec"]["containers"][0]["args"].clone())?;
+    let args = args.into_iter().filter(|a| a.starts_with("--policy-report")).collect();
+    let rules = of_kind(docs, "ClusterRole")
+        .iter()
+        .flat_map(|r| r["rules"].as_array().cloned().unwrap_or_default())
+        .filter(|r| {
+            r["apiGroups"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g == "wgpolicyk8s.io"))
+        })
+        .collect();
+    Ok((args, rules))
+}
+
+#[test]
+fn chart_renders_policy_reports_and_their_rbac_on_and_off() -> Result<()> {
+    let (args, rules) = report_args_and_rules(&render(&[])?)?;
+    ensure!(
+        args.is_empty() && rules.is_empty(),
+        "off by default: {args:?} {rules:?}"
+    );
+    let on = render(&["policyReports.enabled=true", "policyReports.interval=1m"])?;
+    let (args, rules) = report_args_and_rules(&on)?;
+    assert_eq!(args, vec!["--policy-reports", "--policy-report-interval=1m"]);
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0]["resources"], serde_json::json!(["clusterpolicyreports"]));
+    assert_eq!(
+        rules[0]["verbs"],
+        serde_json::json!(["get", "list", "create", "patch", "delete"])
+    );
+    let chart = chart();
+    let (ok, stdout, stderr) = helm(&[
+        "lint",
+        chart.to_str().context("chart")?,
+        "--set",
+        "aws.region=us-east-1",
+        "--set",
+        "policyReports.enabled=true",
+    ])?;
+    ensure!(ok, "helm lint failed:\n{stdout}{stderr}");
+    let (bad, _, stderr) = helm(&[
+        "template",
+        chart.to_str().context("chart")?,
+        "--set",
+        "aws.region=us-east-1",
+        "--set",
+        "policyReports.interval=soon",
+    ])?;
+    ensure!(!bad, "the schema takes interval=soon");
+    ensure!(stderr.contains("interval"), "{stderr}");
     Ok(())
 }
 
