@@ -509,6 +509,34 @@ fn kstatus_on_captured_policies() -> Result<()> {
     Ok(())
 }
 
+/// The status the operator writes at its first look at a policy (before any EC2 read) is in
+/// progress for kstatus (Flux) and Argo CD: a policy with no status is Current for kstatus, so
+/// the operator does not leave it without one while its first reconcile reads and changes
+/// instances.
+#[test]
+fn the_first_look_status_is_in_progress_for_kstatus_and_argo_cd() -> Result<()> {
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let policy = serde_json::json!({
+        "apiVersion": "imds-operator.io/v1alpha1",
+        "kind": "InstanceMetadataPolicy",
+        "metadata": {"name": "new", "generation": 1},
+        "spec": {"nodeSelector": {}, "metadataOptions": {"httpTokens": "required"}},
+        "status": imds_core::status::first_look(1, now),
+    });
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("first-look.json");
+    std::fs::write(&file, serde_json::to_string(&policy)?)?;
+    let tool = observability::tool(KSTATUS_ENV)?;
+    let (status, message) = observability::kstatus(&tool, std::slice::from_ref(&file))?
+        .pop()
+        .context("no kstatus")?;
+    ensure!(status == "InProgress", "kstatus says {status} ({message})");
+    let lua = observability::tool(LUA_ENV)?;
+    let health = argo_health(&lua, &argocd_dir().join("health.lua"), &policy)?;
+    ensure!(health.status == "Progressing", "Argo CD says {health:?}");
+    Ok(())
+}
+
 #[test]
 fn flux_example_waits_for_enforce_policies() -> Result<()> {
     let docs = yaml_documents(&read(&repo_root().join("deploy/flux/kustomization.yaml"))?)?;

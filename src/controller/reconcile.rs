@@ -56,6 +56,12 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
     }
     fault_hook::maybe_panic(&name);
     sync_finalizer(policy, ctx).await?;
+    if policy.status.is_none() {
+        // In progress from the first look (kstatus calls a policy without status Current).
+        let generation = policy.metadata.generation.unwrap_or_default();
+        let first = status::first_look(generation, Time(k8s_openapi::jiff::Timestamp::now()));
+        patch_status(ctx, &name, &first).await?;
+    }
     let observed = observe::observe(policy, ctx, false).await?;
     let defaults = ctx.account_defaults.get(&ctx.clients.ec2).await;
     ctx.cache.lock().await.account_defaults_at(defaults.revision);
