@@ -7,6 +7,7 @@
 use imds_core::api::InstanceMetadataPolicy;
 use imds_core::plan::NodePlan;
 use imds_core::policy_report::ClusterPolicyReport;
+use imds_core::policy_report::status::PolicyReportsStatus;
 use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -70,6 +71,31 @@ impl PolicyReports {
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What the policy's status says of its reports: their names once written, or that the
+    /// CRD is missing; `None` when reports are off or none was written yet.
+    pub fn status_of(&self, policy: &str) -> Option<PolicyReportsStatus> {
+        self.interval?;
+        let state = self.lock();
+        let names: Vec<String> = state
+            .written
+            .get(policy)
+            .map(|w| w.reports.iter().filter_map(|r| r.metadata.name.clone()).collect())
+            .unwrap_or_default();
+        if !names.is_empty() {
+            return Some(PolicyReportsStatus {
+                reports: names,
+                message: None,
+            });
+        }
+        state.crd_missing_until.map(|_| PolicyReportsStatus {
+            reports: Vec::new(),
+            message: Some(format!(
+                "the ClusterPolicyReport CRD ({}) is not installed: no policy reports are written",
+                imds_core::policy_report::API_VERSION
+            )),
+        })
     }
 
     /// The offers whose policy may be written now, taken out of the state.
@@ -162,6 +188,27 @@ mod tests {
         let due = reports.take_due(t0 + interval);
         assert_eq!(due.len(), 1, "two offers, one write");
         assert_eq!(due[0].1.uid, "uid-p");
+    }
+
+    #[test]
+    fn the_status_names_the_reports_or_says_the_crd_is_missing() {
+        let reports = PolicyReports::new(Some(Duration::from_secs(1)));
+        assert_eq!(reports.status_of("p"), None, "nothing written yet");
+        reports.lock().crd_missing_until = Some(Instant::now());
+        let missing = reports.status_of("p").and_then(|s| s.message).unwrap_or_default();
+        assert!(missing.contains("is not installed"), "{missing}");
+        let mut shard = ClusterPolicyReport::default();
+        shard.metadata.name = Some("imp-p-0".into());
+        let w = Written {
+            uid: "uid-p".into(),
+            at: Instant::now(),
+            reports: vec![shard],
+        };
+        reports.lock().written.insert("p".into(), w);
+        reports.lock().crd_missing_until = None;
+        let status = reports.status_of("p").unwrap_or_default();
+        assert_eq!((status.reports, status.message), (vec!["imp-p-0".to_string()], None));
+        assert_eq!(PolicyReports::new(None).status_of("p"), None, "off: no field");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `--policy-reports`: every selected node's result as wg-policy `ClusterPolicyReport`s (the CRD
-//! from tests/fixtures), agreeing node by node with `imds-operator report -o json`; and without
-//! the CRD, the operator enforces as usual and says so once.
+//! from tests/fixtures), agreeing node by node with `imds-operator report -o json` and named in
+//! the policy's status; and without the CRD, the operator enforces as usual and says so once in
+//! its log (and in `status.policyReports`).
 
 use anyhow::{Context, Result};
 use imds_core::policy_report::{ClusterPolicyReport, Verdict};
@@ -195,6 +196,14 @@ async fn policy_reports_agree_with_report_on_every_node() -> Result<()> {
     let version = |r: &DynamicObject| r.metadata.resource_version.clone();
     let before = version(&api.get("imp-require-imdsv2-0").await?);
     cluster.kubectl(&["annotate", "imp", "require-imdsv2", "touch=1"])?;
+    // The reconcile after the write names the reports in the policy's status.
+    cluster
+        .wait_status("require-imdsv2", "status.policyReports", |_, s| {
+            s.policy_reports
+                .as_ref()
+                .is_some_and(|r| r.reports == ["imp-require-imdsv2-0"])
+        })
+        .await?;
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(version(&api.get("imp-require-imdsv2-0").await?), before);
     operator.ensure_running()?;
@@ -215,9 +224,11 @@ async fn without_the_report_crd_the_operator_enforces_and_says_so_once() -> Resu
     wait_imds(&ec2, &more[0], ("required", 2), CONVERGE).await?;
     cluster
         .wait_status("require-imdsv2", "Ready with the new node", |p, s| {
+            let said = s.policy_reports.as_ref().and_then(|r| r.message.as_deref());
             s.observed_generation == p.metadata.generation
                 && condition(s, "Ready").0 == "True"
                 && s.compliant_nodes == 3
+                && said.is_some_and(|m| m.contains("is not installed"))
         })
         .await?;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;

@@ -497,6 +497,11 @@ pub struct InstanceMetadataPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_defaults: Option<AccountDefaultsReport>,
 
+    /// With `--policy-reports`: the wg-policy reports that list every selected node's result,
+    /// or why there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_reports: Option<crate::policy_report::status::PolicyReportsStatus>,
+
     /// When the operator last finished reconciling this policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,

@@ -360,5 +360,7 @@ fn metadata(policy: PolicyIdentity<'_>, k: usize) -> ObjectMeta {
     }
 }
 
+pub mod status;
+
 #[cfg(test)]
 mod tests;
