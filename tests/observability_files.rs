@@ -363,7 +363,7 @@ fn chart_renders_policy_reports_and_their_rbac_on_and_off() -> Result<()> {
     assert_eq!(rules[0]["resources"], serde_json::json!(["clusterpolicyreports"]));
     assert_eq!(
         rules[0]["verbs"],
-        serde_json::json!(["get", "list", "create", "patch", "delete"])
+        serde_json::json!(["list", "create", "patch", "delete"])
     );
     let chart = chart();
     let (ok, stdout, stderr) = helm(&[

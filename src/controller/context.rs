@@ -30,6 +30,8 @@ pub struct ControllerConfig {
     pub account_defaults_refresh: Duration,
     /// Policy reports written at most this often per policy; `None`: not written.
     pub policy_reports: Option<Duration>,
+    /// Results per policy report object.
+    pub policy_report_shard_size: usize,
 }
 
 /// The clients a reconcile talks through.
@@ -91,7 +93,7 @@ impl Context {
             records,
             memo: PolicyMemo::default(),
             metrics,
-            policy_reports: PolicyReports::new(config.policy_reports),
+            policy_reports: PolicyReports::new(config.policy_reports).with_shard_size(config.policy_report_shard_size),
             config,
         }
     }

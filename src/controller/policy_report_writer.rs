@@ -137,6 +137,7 @@ async fn write_reports(
         node_uids: &node_uids(ctx, &offer.plans),
         previous: &previous,
         now: k8s_openapi::jiff::Timestamp::now(),
+        shard_size: ctx.policy_reports.shard_size,
     });
     for report in built.iter().filter(|r| !previous.iter().any(|p| same_content(p, r))) {
         let shard = report.metadata.name.clone().unwrap_or_default();

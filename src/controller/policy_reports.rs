@@ -7,6 +7,7 @@
 use imds_core::api::InstanceMetadataPolicy;
 use imds_core::plan::NodePlan;
 use imds_core::policy_report::ClusterPolicyReport;
+use imds_core::policy_report::MAX_RESULTS_PER_REPORT;
 use imds_core::policy_report::status::PolicyReportsStatus;
 use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
@@ -42,6 +43,8 @@ pub(super) struct State {
 /// The reports' shared state: the reconciles' offers and what the writer wrote.
 pub struct PolicyReports {
     pub(super) interval: Option<Duration>,
+    /// Results per report (`--policy-report-shard-size`, a test knob).
+    pub(super) shard_size: usize,
     state: Mutex<State>,
     pub(super) wake: Notify,
 }
@@ -51,6 +54,7 @@ impl PolicyReports {
     pub fn new(interval: Option<Duration>) -> PolicyReports {
         PolicyReports {
             interval,
+            shard_size: MAX_RESULTS_PER_REPORT,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
         }
@@ -67,6 +71,12 @@ impl PolicyReports {
         };
         self.lock().offers.insert(policy.name_any(), offer);
         self.wake.notify_one();
+    }
+
+    /// At most `shard_size` results per report (tests use a few to get several shards).
+    pub fn with_shard_size(mut self, shard_size: usize) -> PolicyReports {
+        self.shard_size = shard_size;
+        self
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {

@@ -62,9 +62,9 @@ fn install_report_crd(cluster: &Cluster) -> Result<()> {
 }
 
 /// Five nodes: two enforced to compliance, one audited (stays drifted), one without a
-/// providerID, one Fargate; the operator writing reports every second at most. Returns once
-/// the two enforced instances have converged.
-async fn fleet(cluster: &Cluster, moto: &Moto) -> Result<Operator> {
+/// providerID, one Fargate; the operator (with `extra` flags) writing reports every second at
+/// most. Returns once the two enforced instances have converged.
+async fn fleet(cluster: &Cluster, moto: &Moto, extra: &[&str]) -> Result<Operator> {
     let ids = moto.run_instances(3, &[]).await?;
     cluster
         .create_node("general-0", &[("pool", "general")], Some(&provider_id(&ids[0])))
@@ -82,12 +82,13 @@ async fn fleet(cluster: &Cluster, moto: &Moto) -> Result<Operator> {
     cluster
         .create_node("fargate-ip-10-0-0-1", &[("pool", "general")], Some(fargate))
         .await?;
-    let flags = [
+    let mut flags = vec![
         "--leader-election=false",
         "--resync-period=10m",
         "--policy-reports",
         "--policy-report-interval=1s",
     ];
+    flags.extend(extra);
     let operator = Operator::start(cluster, &moto.aws_env(), &flags).await?;
     cluster.apply(POLICIES)?;
     let ec2 = moto.ec2_client().await;
@@ -133,7 +134,8 @@ async fn policy_reports_agree_with_report_on_every_node() -> Result<()> {
     let cluster = Cluster::start().await?;
     install_report_crd(&cluster)?;
     let moto = Moto::start()?;
-    let mut operator = fleet(&cluster, &moto).await?;
+    // Two results per report: the enforcing policy's four nodes fill two shards.
+    let mut operator = fleet(&cluster, &moto, &["--policy-report-shard-size=2"]).await?;
     let policy = cluster.policies().get("require-imdsv2").await?;
     cluster
         .wait_status("require-imdsv2", "Ready", |p, s| {
@@ -145,18 +147,28 @@ async fn policy_reports_agree_with_report_on_every_node() -> Result<()> {
         let all = reports(&api).await?;
         let pass: u32 = all.iter().map(|r| r.summary.pass).sum();
         let fail: u32 = all.iter().map(|r| r.summary.fail).sum();
-        Ok(if all.len() == 2 && pass == 2 && fail == 1 {
+        Ok(if all.len() == 3 && pass == 2 && fail == 1 {
             Ok(all)
         } else {
             Err(format!("{} reports, pass {pass}, fail {fail}", all.len()))
         })
     })
     .await?;
-    let enforced = written
-        .iter()
-        .find(|r| r.metadata.name.as_deref() == Some("imp-require-imdsv2-0"))
-        .context("the enforcing policy's report")?;
-    assert_eq!(enforced.summary.skip, 2, "{:?}", enforced.summary);
+    let shard = |name: &str| written.iter().find(|r| r.metadata.name.as_deref() == Some(name));
+    let enforced = shard("imp-require-imdsv2-0").context("the enforcing policy's first report")?;
+    let second = shard("imp-require-imdsv2-1").context("the enforcing policy's second report")?;
+    assert_eq!(
+        (enforced.summary.pass, enforced.summary.skip),
+        (1, 1),
+        "{:?}",
+        enforced.summary
+    );
+    assert_eq!(
+        (second.summary.pass, second.summary.skip),
+        (1, 1),
+        "{:?}",
+        second.summary
+    );
     let owner = &enforced.metadata.owner_references.clone().unwrap_or_default()[0];
     assert_eq!(Some(&owner.uid), policy.metadata.uid.as_ref());
 
@@ -201,11 +213,39 @@ async fn policy_reports_agree_with_report_on_every_node() -> Result<()> {
         .wait_status("require-imdsv2", "status.policyReports", |_, s| {
             s.policy_reports
                 .as_ref()
-                .is_some_and(|r| r.reports == ["imp-require-imdsv2-0"])
+                .is_some_and(|r| r.reports == ["imp-require-imdsv2-0", "imp-require-imdsv2-1"])
         })
         .await?;
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(version(&api.get("imp-require-imdsv2-0").await?), before);
+
+    // Two nodes go: the policy needs one shard; the other is deleted.
+    cluster.kubectl(&["delete", "node", "general-registering", "fargate-ip-10-0-0-1"])?;
+    eventually("one shard left", CONVERGE, || async {
+        let mine: Vec<ClusterPolicyReport> = reports(&api)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                r.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("imp-require-imdsv2-"))
+            })
+            .collect();
+        let names: Vec<String> = mine.iter().filter_map(|r| r.metadata.name.clone()).collect();
+        let nodes: Vec<&str> = mine
+            .iter()
+            .flat_map(|r| r.results.iter().map(|x| x.resources[0].name.as_str()))
+            .collect();
+        Ok(
+            if names == ["imp-require-imdsv2-0"] && nodes == ["general-0", "general-1"] {
+                Ok(())
+            } else {
+                Err(format!("{names:?}: {nodes:?}"))
+            },
+        )
+    })
+    .await?;
     operator.ensure_running()?;
     Ok(())
 }
@@ -215,7 +255,7 @@ async fn without_the_report_crd_the_operator_enforces_and_says_so_once() -> Resu
     let cluster = Cluster::start().await?;
     let moto = Moto::start()?;
     let ec2 = moto.ec2_client().await;
-    let mut operator = fleet(&cluster, &moto).await?;
+    let mut operator = fleet(&cluster, &moto, &[]).await?;
     // More reconciles (and offers to the writer): a new node.
     let more = moto.run_instances(1, &[]).await?;
     cluster

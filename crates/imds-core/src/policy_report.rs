@@ -203,10 +203,12 @@ pub struct ReportInput<'a> {
     pub previous: &'a [ClusterPolicyReport],
     /// The time of a result that changed.
     pub now: Timestamp,
+    /// Results per report, at most [`MAX_RESULTS_PER_REPORT`] (and at least 1).
+    pub shard_size: usize,
 }
 
 /// The reports of one policy: one result per plan, sorted by node name, in shards of at most
-/// [`MAX_RESULTS_PER_REPORT`] named [`report_name`]`(policy, k)`. A policy that selects no node
+/// `shard_size` results named [`report_name`]`(policy, k)`. A policy that selects no node
 /// has one empty report, so readers see that it exists.
 pub fn build(input: &ReportInput<'_>) -> Vec<ClusterPolicyReport> {
     let earlier: HashMap<&str, &ReportResult> = input
@@ -231,9 +233,10 @@ pub fn build(input: &ReportInput<'_>) -> Vec<ClusterPolicyReport> {
         .collect();
     results.sort_by(|a, b| node_of(a).cmp(node_of(b)));
     let mut chunks: Vec<Vec<ReportResult>> = Vec::new();
+    let shard_size = input.shard_size.clamp(1, MAX_RESULTS_PER_REPORT);
     let mut rest = results.into_iter().peekable();
     while rest.peek().is_some() {
-        chunks.push(rest.by_ref().take(MAX_RESULTS_PER_REPORT).collect());
+        chunks.push(rest.by_ref().take(shard_size).collect());
     }
     if chunks.is_empty() {
         chunks.push(Vec::new());

@@ -36,6 +36,15 @@ fn drifted(name: &str) -> NodePlan {
 }
 
 fn build_at(plans: &[NodePlan], previous: &[ClusterPolicyReport], now: i64) -> Vec<ClusterPolicyReport> {
+    build_sharded(plans, previous, now, MAX_RESULTS_PER_REPORT)
+}
+
+fn build_sharded(
+    plans: &[NodePlan],
+    previous: &[ClusterPolicyReport],
+    now: i64,
+    shard_size: usize,
+) -> Vec<ClusterPolicyReport> {
     let node_uids: HashMap<String, String> = plans
         .iter()
         .map(|p| (p.node.clone(), format!("uid-{}", p.node)))
@@ -46,6 +55,7 @@ fn build_at(plans: &[NodePlan], previous: &[ClusterPolicyReport], now: i64) -> V
         node_uids: &node_uids,
         previous,
         now: at(now),
+        shard_size,
     })
 }
 
@@ -239,17 +249,21 @@ proptest! {
     /// Every selected node appears exactly once across the shards, no shard is over the bound,
     /// and each summary counts its shard's results.
     #[test]
-    fn every_node_once_and_summaries_count(states in proptest::collection::btree_map("[a-z0-9]{1,12}", any_state(), 0..2500)) {
+    fn every_node_once_and_summaries_count(
+        states in proptest::collection::btree_map("[a-z0-9]{1,12}", any_state(), 0..2500),
+        shard_size in prop_oneof![Just(MAX_RESULTS_PER_REPORT), 1usize..300, Just(usize::MAX)],
+    ) {
         let plans: Vec<NodePlan> = states.iter().map(|(n, s)| plan(n, *s, Reason::Compliant)).collect();
-        let reports = build_at(&plans, &[], 1);
+        let reports = build_sharded(&plans, &[], 1, shard_size);
+        let bound = shard_size.clamp(1, MAX_RESULTS_PER_REPORT);
         let mut seen: Vec<&str> = reports.iter().flat_map(|r| r.results.iter().map(node_of)).collect();
         let count = seen.len();
         seen.dedup();
         prop_assert_eq!(count, seen.len(), "a node twice");
         prop_assert_eq!(seen, states.keys().map(String::as_str).collect::<Vec<_>>());
-        prop_assert_eq!(reports.len(), states.len().div_ceil(MAX_RESULTS_PER_REPORT).max(1));
+        prop_assert_eq!(reports.len(), states.len().div_ceil(bound).max(1));
         for (k, r) in reports.iter().enumerate() {
-            prop_assert!(r.results.len() <= MAX_RESULTS_PER_REPORT);
+            prop_assert!(r.results.len() <= bound);
             prop_assert_eq!(r.summary, Summary::of(&r.results));
             prop_assert_eq!(r.metadata.name.clone(), Some(report_name(POLICY.name, k)));
             for x in &r.results {
