@@ -7,8 +7,8 @@
 use imds_core::api::InstanceMetadataPolicy;
 use imds_core::plan::NodePlan;
 use imds_core::policy_report::ClusterPolicyReport;
-use imds_core::policy_report::MAX_RESULTS_PER_REPORT;
 use imds_core::policy_report::status::PolicyReportsStatus;
+use imds_core::policy_report::{self, MAX_RESULTS_PER_REPORT};
 use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -83,28 +83,24 @@ impl PolicyReports {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// What the policy's status says of its reports: their names once written, or that the
-    /// CRD is missing; `None` when reports are off or none was written yet.
-    pub fn status_of(&self, policy: &str) -> Option<PolicyReportsStatus> {
+    /// What the status of a policy that selects `selected` nodes says of its reports: the
+    /// reports its results go to (written within an interval), or that their CRD is missing;
+    /// `None` when reports are off.
+    pub fn status_of(&self, policy: &str, selected: usize) -> Option<PolicyReportsStatus> {
         self.interval?;
-        let state = self.lock();
-        let names: Vec<String> = state
-            .written
-            .get(policy)
-            .map(|w| w.reports.iter().filter_map(|r| r.metadata.name.clone()).collect())
-            .unwrap_or_default();
-        if !names.is_empty() {
+        if self.lock().crd_missing_until.is_some() {
+            let message = format!(
+                "the ClusterPolicyReport CRD ({}) is not installed: no policy reports are written",
+                policy_report::API_VERSION
+            );
             return Some(PolicyReportsStatus {
-                reports: names,
-                message: None,
+                reports: Vec::new(),
+                message: Some(message),
             });
         }
-        state.crd_missing_until.map(|_| PolicyReportsStatus {
-            reports: Vec::new(),
-            message: Some(format!(
-                "the ClusterPolicyReport CRD ({}) is not installed: no policy reports are written",
-                imds_core::policy_report::API_VERSION
-            )),
+        Some(PolicyReportsStatus {
+            reports: policy_report::report_names(policy, selected, self.shard_size),
+            message: None,
         })
     }
 
@@ -202,23 +198,21 @@ mod tests {
 
     #[test]
     fn the_status_names_the_reports_or_says_the_crd_is_missing() {
-        let reports = PolicyReports::new(Some(Duration::from_secs(1)));
-        assert_eq!(reports.status_of("p"), None, "nothing written yet");
+        let reports = PolicyReports::new(Some(Duration::from_secs(1))).with_shard_size(2);
+        let status = reports.status_of("p", 3).unwrap_or_default();
+        assert_eq!(
+            (status.reports, status.message),
+            (vec!["imp-p-0".to_string(), "imp-p-1".to_string()], None)
+        );
+        assert_eq!(
+            reports.status_of("p", 0).map(|s| s.reports),
+            Some(vec!["imp-p-0".to_string()])
+        );
         reports.lock().crd_missing_until = Some(Instant::now());
-        let missing = reports.status_of("p").and_then(|s| s.message).unwrap_or_default();
-        assert!(missing.contains("is not installed"), "{missing}");
-        let mut shard = ClusterPolicyReport::default();
-        shard.metadata.name = Some("imp-p-0".into());
-        let w = Written {
-            uid: "uid-p".into(),
-            at: Instant::now(),
-            reports: vec![shard],
-        };
-        reports.lock().written.insert("p".into(), w);
-        reports.lock().crd_missing_until = None;
-        let status = reports.status_of("p").unwrap_or_default();
-        assert_eq!((status.reports, status.message), (vec!["imp-p-0".to_string()], None));
-        assert_eq!(PolicyReports::new(None).status_of("p"), None, "off: no field");
+        let missing = reports.status_of("p", 3).unwrap_or_default();
+        assert!(missing.reports.is_empty());
+        assert!(missing.message.unwrap_or_default().contains("is not installed"));
+        assert_eq!(PolicyReports::new(None).status_of("p", 3), None, "off: no field");
     }
 
     #[test]

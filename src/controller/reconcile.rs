@@ -100,7 +100,7 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
         .defaults
         .as_ref()
         .and_then(|d| imds_core::defaults::report_for_policy(&policy.spec.metadata_options, d));
-    new_status.policy_reports = ctx.policy_reports.status_of(&name);
+    new_status.policy_reports = ctx.policy_reports.status_of(&name, plans.len());
     publish_conflicts(ctx, policy, &plans).await;
     publish_new_halt(ctx, policy, &progress, &new_status).await;
     patch_status(ctx, &name, &new_status).await?;

@@ -61,6 +61,18 @@ fn install_report_crd(cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
+/// The operator writing reports every second at most, with `extra` flags.
+async fn start_operator(cluster: &Cluster, moto: &Moto, extra: &[&str]) -> Result<Operator> {
+    let mut flags = vec![
+        "--leader-election=false",
+        "--resync-period=10m",
+        "--policy-reports",
+        "--policy-report-interval=1s",
+    ];
+    flags.extend(extra);
+    Operator::start(cluster, &moto.aws_env(), &flags).await
+}
+
 /// Five nodes: two enforced to compliance, one audited (stays drifted), one without a
 /// providerID, one Fargate; the operator (with `extra` flags) writing reports every second at
 /// most. Returns once the two enforced instances have converged.
@@ -82,14 +94,7 @@ async fn fleet(cluster: &Cluster, moto: &Moto, extra: &[&str]) -> Result<Operato
     cluster
         .create_node("fargate-ip-10-0-0-1", &[("pool", "general")], Some(fargate))
         .await?;
-    let mut flags = vec![
-        "--leader-election=false",
-        "--resync-period=10m",
-        "--policy-reports",
-        "--policy-report-interval=1s",
-    ];
-    flags.extend(extra);
-    let operator = Operator::start(cluster, &moto.aws_env(), &flags).await?;
+    let operator = start_operator(cluster, moto, extra).await?;
     cluster.apply(POLICIES)?;
     let ec2 = moto.ec2_client().await;
     for id in &ids[..2] {
@@ -217,6 +222,19 @@ async fn policy_reports_agree_with_report_on_every_node() -> Result<()> {
         })
         .await?;
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(version(&api.get("imp-require-imdsv2-0").await?), before);
+
+    // A restarted operator reads the reports it wrote: same content, nothing rewritten.
+    operator.stop(std::time::Duration::from_secs(20));
+    let mut operator = start_operator(&cluster, &moto, &["--policy-report-shard-size=2"]).await?;
+    eventually("the restarted writer's turn", CONVERGE, || async {
+        let log = operator.log_tail(2000);
+        let done = log
+            .lines()
+            .any(|l| l.contains("policy reports written") && l.contains("require-imdsv2"));
+        Ok(if done { Ok(()) } else { Err("not yet".to_string()) })
+    })
+    .await?;
     assert_eq!(version(&api.get("imp-require-imdsv2-0").await?), before);
 
     // Two nodes go: the policy needs one shard; the other is deleted.

@@ -254,6 +254,12 @@ pub fn build(input: &ReportInput<'_>) -> Vec<ClusterPolicyReport> {
         .collect()
 }
 
+/// The names of the reports [`build`] makes for `results` results in shards of `shard_size`.
+pub fn report_names(policy: &str, results: usize, shard_size: usize) -> Vec<String> {
+    let shards = results.div_ceil(shard_size.clamp(1, MAX_RESULTS_PER_REPORT)).max(1);
+    (0..shards).map(|k| report_name(policy, k)).collect()
+}
+
 /// One node's result (timestamp unset).
 pub fn node_result(policy: &str, plan: &NodePlan, node_uid: Option<String>) -> ReportResult {
     let mut properties = BTreeMap::new();

@@ -182,7 +182,7 @@ fn timestamps_change_only_with_the_result() {
 }
 
 #[test]
-fn report_names() {
+fn names_of_reports() {
     assert_eq!(report_name("p", 3), "imp-p-3");
     let long = "x".repeat(253);
     let other = format!("{}y", "x".repeat(252));
@@ -262,6 +262,9 @@ proptest! {
         prop_assert_eq!(count, seen.len(), "a node twice");
         prop_assert_eq!(seen, states.keys().map(String::as_str).collect::<Vec<_>>());
         prop_assert_eq!(reports.len(), states.len().div_ceil(bound).max(1));
+        let names: Vec<Option<String>> = reports.iter().map(|r| r.metadata.name.clone()).collect();
+        let named: Vec<Option<String>> = super::report_names(POLICY.name, states.len(), shard_size).into_iter().map(Some).collect();
+        prop_assert_eq!(names, named, "the status names the reports build makes");
         for (k, r) in reports.iter().enumerate() {
             prop_assert!(r.results.len() <= bound);
             prop_assert_eq!(r.summary, Summary::of(&r.results));
