@@ -1,8 +1,13 @@
-.PHONY: test demo generate check lint build bench doc
+.PHONY: test test-node demo generate check lint build bench doc
 
 # The one command that runs every test tier (unit, EC2 integration, end-to-end).
 test:
 	bash hack/test.sh
+
+# Issue 12, rung 5 (not part of `make test` or CI; root): the chart's pods on two real kubelets with
+# containerd, kube-controller-manager and kube-scheduler (hack/test-node.sh, docs/real-node.md).
+test-node:
+	bash hack/test-node.sh
 
 # A newcomer's first command: local control plane + moto, nodes on IMDSv1, the operator
 # enforcing "require IMDSv2, hop limit 2", a before/after table.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local control plane used by the end-to-end tests and the demo:
 # kube-apiserver, kubectl (from k8s.io/kubernetes), etcd (from go.etcd.io/etcd/server/v3) and helm,
-# all from the Go module proxy. Binaries are cached under $IMDS_OPERATOR_CACHE (default
+# all from the Go module proxy. `hack/build-control-plane.sh node` builds the real-node binaries
+# (kubelet, kube-controller-manager, kube-scheduler, same wrapper module; `make test-node` only). Binaries are cached under $IMDS_OPERATOR_CACHE (default
 # ~/.cache/imds-operator) keyed by version, so only a fresh machine pays for the build.
 #
 # Prints the bin directory on stdout as its last line.
@@ -30,9 +31,14 @@ timed() {
   echo "$name $((end - start))s" >>"$cache/build-times.txt"
 }
 
-# --- kube-apiserver + kubectl ------------------------------------------------------------------
-build_kubernetes() {
-  local dir="$cache/build/kubernetes-$KUBE_VERSION"
+# --- k8s.io/kubernetes commands ---------------------------------------------------------------
+# kube_build DIR CMD...: a wrapper module in DIR that requires k8s.io/kubernetes (whose go.mod
+# replaces its staging modules with ./staging, which `go install pkg@version` refuses) with each
+# staging module pinned to its published v0.Y.Z, then each k8s.io/kubernetes/cmd/CMD built to
+# $bin/CMD-$KUBE_VERSION.
+kube_build() {
+  local dir="$1"
+  shift
   local minor="${KUBE_VERSION#v1.}"
   minor="${minor%%.*}"
   local staging_version="v0.${KUBE_VERSION#v1.}"
@@ -59,16 +65,11 @@ build_kubernetes() {
     done
     echo ")"
   } >"$dir/go.mod"
-  cat >"$dir/tools.go" <<'EOF'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-EOF
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for c in "$@"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+    printf ')\n'
+  } >"$dir/tools.go"
   (cd "$dir" && go mod tidy -e >/dev/null 2>&1 || true)
   (cd "$dir" && go get "k8s.io/kubernetes@$KUBE_VERSION" >/dev/null)
   local pkg="k8s.io/component-base/version"
@@ -80,8 +81,19 @@ EOF
     ld="$ld -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
     ld="$ld -X $p.gitTreeState=clean -X $p.buildDate=$date"
   done
-  (cd "$dir" && go build -trimpath -ldflags "$ld" -o "$bin/kube-apiserver-$KUBE_VERSION" k8s.io/kubernetes/cmd/kube-apiserver)
-  (cd "$dir" && go build -trimpath -ldflags "$ld" -o "$bin/kubectl-$KUBE_VERSION" k8s.io/kubernetes/cmd/kubectl)
+  for c in "$@"; do
+    (cd "$dir" && go build -trimpath -ldflags "$ld" -o "$bin/$c-$KUBE_VERSION" "k8s.io/kubernetes/cmd/$c")
+  done
+}
+
+# --- kube-apiserver + kubectl ------------------------------------------------------------------
+build_kubernetes() { kube_build "$cache/build/kubernetes-$KUBE_VERSION" kube-apiserver kubectl; }
+
+# --- kubelet + kube-controller-manager + kube-scheduler (the real node, make test-node) --------
+node_cmds="kubelet kube-controller-manager kube-scheduler"
+build_node() {
+  # shellcheck disable=SC2086 # word splitting of the command list is intended
+  kube_build "$cache/build/kubernetes-node-$KUBE_VERSION" $node_cmds
 }
 
 # --- etcd --------------------------------------------------------------------------------------
@@ -130,6 +142,12 @@ for item in $want; do
     else
       timed "kube-apiserver+kubectl-$KUBE_VERSION" build_kubernetes
     fi
+    ;;
+  node)
+    missing=""
+    for c in $node_cmds; do [ -x "$bin/$c-$KUBE_VERSION" ] || missing="$missing $c"; done
+    if [ -z "$missing" ]; then log "$node_cmds $KUBE_VERSION cached"; else timed "kubelet+kube-controller-manager+kube-scheduler-$KUBE_VERSION" build_node; fi
+    for c in $node_cmds; do ln -sf "$c-$KUBE_VERSION" "$bin/$c"; done
     ;;
   etcd)
     if [ -x "$bin/etcd-$ETCD_VERSION" ]; then log "etcd $ETCD_VERSION cached"; else timed "etcd-$ETCD_VERSION" build_etcd; fi

@@ -4,7 +4,8 @@
 #   image/                                  the container image, an OCI layout (hack/image.sh),
 #                                           tagged <version>; image.digest holds its digest
 #   imds-operator-<version>.cdx.json        SBOM (CycloneDX 1.5 JSON, from Cargo.lock by
-#                                           cargo-cyclonedx: the crates of the binary)
+#                                           cargo-sbom, narrowed to the crates the image's
+#                                           target links: hack/sbom-for-target.py)
 #   imds-operator-<version>.image.sig       cosign signature over the image digest (the
 #   imds-operator-<version>.image.payload.json   simple-signing payload it signs), made with a
 #   cosign.pub                              local key pair, no transparency log
@@ -26,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
 
-if [ -z "${IMDS_OPERATOR_COSIGN:-}" ] || [ -z "${IMDS_OPERATOR_REGISTRY:-}" ] || [ -z "${IMDS_OPERATOR_CYCLONEDX:-}" ]; then
+if [ -z "${IMDS_OPERATOR_COSIGN:-}" ] || [ -z "${IMDS_OPERATOR_REGISTRY:-}" ] || [ -z "${IMDS_OPERATOR_SBOM:-}" ]; then
   echo "[release] setting up the tools (hack/setup.d/20-image.sh)" >&2
   # shellcheck source=setup.d/20-image.sh
   source hack/setup.d/20-image.sh
@@ -69,16 +70,13 @@ chart="imds-operator-$chart_version.tgz"
 digest=$(IMAGE_OUT="$dist/image" bash hack/image.sh | tail -n 1)
 log "image $digest"
 
-# 3. The SBOM: cargo-cyclonedx over a copy of the manifests and sources (it writes next to every
-# Cargo.toml of the workspace), the operator package only, for the image's target, without
-# dev-dependencies.
-mkdir -p "$work/src"
-tar -C "$root" --exclude=./target --exclude=./dist --exclude=./.git -cf - . | tar -C "$work/src" -xf -
+# 3. The SBOM: cargo-sbom lists the operator package's normal dependencies for every platform;
+# cargo's resolution for the image's target says which of them the binary links.
 triple="$(uname -m)-unknown-linux-gnu"
-(cd "$work/src" && "$IMDS_OPERATOR_CYCLONEDX" cyclonedx --quiet --format json --spec-version 1.5 \
-  --target "$triple" --no-build-deps --override-filename sbom)
 sbom="imds-operator-$version.cdx.json"
-cp "$work/src/sbom.json" "$dist/$sbom"
+"$IMDS_OPERATOR_SBOM" sbom --cargo-package imds-operator --output-format cyclone_dx_json_1_5 >"$work/sbom-all.json"
+cargo tree --locked -p imds-operator -e normal --target "$triple" --prefix none --format '{p}' \
+  | python3 hack/sbom-for-target.py "$work/sbom-all.json" "$dist/$sbom"
 
 # 4. The signature: a key pair (once), the image in a local registry, signed there, saved.
 key="${COSIGN_KEY:-$cache/release-key/cosign.key}"

@@ -5,7 +5,8 @@
 #   IMDS_OPERATOR_REGISTRY  CNCF distribution's registry, from the Go module proxy
 #   IMDS_OPERATOR_COSIGN    cosign, from the Go module proxy
 #   IMDS_OPERATOR_ACTIONLINT  actionlint, from the Go module proxy
-#   IMDS_OPERATOR_CYCLONEDX cargo-cyclonedx, from crates.io (cargo install --locked)
+#   IMDS_OPERATOR_SBOM      cargo-sbom, from crates.io (cargo install --locked; ~2 CPU-minutes,
+#                           where cargo-cyclonedx, which links all of cargo, took ~12)
 # and then builds the image (hack/image.sh: the static release binary, cached in cargo's target
 # directory, and the OCI layout, rebuilt each time in seconds):
 #   IMDS_OPERATOR_IMAGE_DIR the OCI image layout (dist/test-image of this checkout)
@@ -19,7 +20,7 @@ imds_img_cache="${IMDS_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imds-oper
 imds_img_registry_version="v3.1.2"
 imds_img_cosign_version="v2.6.5"
 imds_img_actionlint_version="v1.7.12"
-imds_img_cyclonedx_version="0.5.9"
+imds_img_sbom_version="0.10.0"
 
 # Debian packages, only those missing (CI runs as root on a fresh machine).
 imds_img_missing=()
@@ -45,17 +46,17 @@ IMDS_OPERATOR_COSIGN=$(bash "$imds_img_root/hack/build-go-tool.sh" cosign \
 export IMDS_OPERATOR_REGISTRY IMDS_OPERATOR_ACTIONLINT IMDS_OPERATOR_COSIGN
 echo "[image] registry, actionlint, cosign ready ($(( $(date +%s) - imds_img_start ))s)" >&2
 
-# cargo-cyclonedx: its own root and target directory, so the project's target stays untouched.
+# cargo-sbom: its own root and target directory, so the project's target stays untouched.
 imds_img_start=$(date +%s)
-IMDS_OPERATOR_CYCLONEDX="$imds_img_cache/cargo-cyclonedx-$imds_img_cyclonedx_version/bin/cargo-cyclonedx"
-if [ ! -x "$IMDS_OPERATOR_CYCLONEDX" ]; then
-  CARGO_TARGET_DIR="$imds_img_cache/build/cargo-cyclonedx-target" cargo install --quiet --locked \
-    cargo-cyclonedx --version "$imds_img_cyclonedx_version" \
-    --root "$imds_img_cache/cargo-cyclonedx-$imds_img_cyclonedx_version"
-  rm -rf "$imds_img_cache/build/cargo-cyclonedx-target"
-  echo "cargo-cyclonedx-$imds_img_cyclonedx_version $(( $(date +%s) - imds_img_start ))s" >>"$imds_img_cache/build-times.txt"
+IMDS_OPERATOR_SBOM="$imds_img_cache/cargo-sbom-$imds_img_sbom_version/bin/cargo-sbom"
+if [ ! -x "$IMDS_OPERATOR_SBOM" ]; then
+  CARGO_TARGET_DIR="$imds_img_cache/build/cargo-sbom-target" cargo install --quiet --locked \
+    cargo-sbom --version "$imds_img_sbom_version" \
+    --root "$imds_img_cache/cargo-sbom-$imds_img_sbom_version"
+  rm -rf "$imds_img_cache/build/cargo-sbom-target"
+  echo "cargo-sbom-$imds_img_sbom_version $(( $(date +%s) - imds_img_start ))s" >>"$imds_img_cache/build-times.txt"
 fi
-export IMDS_OPERATOR_CYCLONEDX
+export IMDS_OPERATOR_SBOM
 
 # The image: the release binary (cached by cargo) and the layout.
 imds_img_start=$(date +%s)

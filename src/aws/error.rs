@@ -7,6 +7,7 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use imds_core::observation::{Failure, FailureKind};
+use imds_core::record::Answer;
 
 /// The service that answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +52,16 @@ pub struct AwsError {
     pub code: String,
     /// The AWS message, or a description.
     pub message: String,
+}
+
+/// What EC2's answer to a modify request says of it: accepted now, maybe applied (a lost answer,
+/// a 5xx), or refused.
+pub fn answer_of<T>(result: &Result<T, AwsError>) -> Answer {
+    match result {
+        Ok(_) => Answer::Accepted(k8s_openapi::jiff::Timestamp::now()),
+        Err(err) if err.may_have_applied() => Answer::MaybeApplied,
+        Err(_) => Answer::Refused,
+    }
 }
 
 impl AwsError {

@@ -67,6 +67,9 @@ pub struct NodeRow {
     pub state: String,
     /// What keeps it from complying (guard, conflict, skip reason, error), if anything.
     pub blocker: Option<String>,
+    /// Refused IMDSv1 calls and the launch source.
+    #[serde(flatten)]
+    pub history: super::report_fleet::NodeHistory,
 }
 
 /// The whole report.
@@ -83,6 +86,12 @@ pub struct Report {
     /// `compliant`: they decide what new instances launch with).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account_defaults: Option<super::report_defaults::AccountDefaultsSection>,
+    /// The launch sources of the nodes, with how many are not compliant.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub launch_sources: Vec<super::report_fleet::LaunchSourceRow>,
+    /// Per policy, the Karpenter EC2NodeClasses that would launch its nodes drifted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub node_classes: Vec<super::report_fleet::PolicyNodeClasses>,
 }
 
 /// Pure: the report from the per-policy plans, the nodes and what EC2 said.
@@ -143,6 +152,8 @@ pub fn build(
         summary,
         compliant,
         account_defaults: None,
+        launch_sources: Vec::new(),
+        node_classes: Vec::new(),
     }
 }
 
@@ -174,6 +185,8 @@ pub fn table(report: &Report) -> String {
         "STATE".to_string(),
         "CURRENT".to_string(),
         "WANTED".to_string(),
+        "REJECTED".to_string(),
+        "SOURCE".to_string(),
         "BLOCKER".to_string(),
     ]];
     for r in &report.nodes {
@@ -183,10 +196,12 @@ pub fn table(report: &Report) -> String {
             r.state.clone(),
             short(&r.current),
             short(&r.wanted),
+            r.history.rejected_calls.map_or_else(|| "-".into(), |n| n.to_string()),
+            r.history.launch_source.clone().unwrap_or_else(|| "-".into()),
             r.blocker.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..8)
         .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -209,6 +224,8 @@ pub fn table(report: &Report) -> String {
     if let Some(section) = &report.account_defaults {
         out.push_str(&super::report_defaults::text(section));
     }
+    out.push_str(&super::report_fleet::text(&report.launch_sources));
+    out.push_str(&super::report_fleet::node_classes_text(&report.node_classes));
     out
 }
 
@@ -245,6 +262,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<bool> {
     super::run::install_crypto_provider();
     let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
     let policies = gather_policies(&args, &client).await?;
+    let node_classes = super::report_fleet::node_classes(&client, &policies).await;
     let node_list = Api::<Node>::all(client)
         .list(&ListParams::default())
         .await
@@ -288,6 +306,16 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<bool> {
         plans = plan_all(&facts);
     }
     let mut report = build(&nodes, &policies, &plans, &observations);
+    let sources = described
+        .iter()
+        .filter_map(|(id, d)| Some((id.clone(), d.launch_source.clone()?)));
+    let rejected = super::report_fleet::read_rejected(&usage, &ids, std::time::SystemTime::now()).await;
+    let rows = report.nodes.iter_mut().map(|r| {
+        let compliant = matches!(r.state.as_str(), "Compliant" | "Skipped" | "NoPolicy");
+        (r.instance_id.as_deref(), compliant, &mut r.history)
+    });
+    report.launch_sources = super::report_fleet::annotate(rows, &sources.collect(), &rejected);
+    report.node_classes = node_classes;
     report.account_defaults = Some(super::report_defaults::section(ec2.get_defaults().await, &policies));
     match args.output {
         OutputFormat::Table => print!("{}", table(&report)),

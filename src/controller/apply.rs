@@ -27,12 +27,12 @@ use imds_core::options::{ApplyState, FullOptions, ObservedOptions};
 use imds_core::plan::NodePlan;
 use imds_core::plan::guards::GuardWarning;
 use imds_core::reason::Reason;
-use imds_core::record::{self, Answer, ChangeRecord, ChangeState, InstanceRecord};
+use imds_core::record::{self, ChangeRecord, ChangeState, InstanceRecord};
 use imds_core::selection;
 use imds_core::status::Progress;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 /// Requests sent at once.
@@ -162,7 +162,7 @@ async fn send_and_settle(ctx: &Context, policy: &InstanceMetadataPolicy, chunk: 
                 claim.instance_id.clone(),
                 claim.before.clone(),
                 claim.record.clone(),
-                answer_of(result),
+                crate::aws::error::answer_of(result),
             )
         })
         .collect();
@@ -297,7 +297,7 @@ async fn write_ahead(
     claimed: Vec<Claimed>,
 ) -> (Vec<Claimed>, HashMap<String, Failure>) {
     // Policies being deleted still count: their entries wait for their restore (or hand-over).
-    let live: HashSet<String> = ctx.stores.policies.state().iter().map(|p| p.name_any()).collect();
+    let live = ctx.live_policies();
     let sender = policy.name_any();
     let now = Timestamp::now();
     let by_id: HashMap<&str, &Claimed> = claimed.iter().map(|c| (c.instance_id.as_str(), c)).collect();
@@ -369,15 +369,6 @@ async fn send(ctx: &Context, claimed: Vec<Claimed>) -> Vec<(Claimed, Result<Obse
         .buffer_unordered(SEND_CONCURRENCY)
         .collect()
         .await
-}
-
-/// What EC2's answer says of the request.
-fn answer_of(result: &Result<ObservedOptions, AwsError>) -> Answer {
-    match result {
-        Ok(_) => Answer::Accepted(Timestamp::now()),
-        Err(err) if err.may_have_applied() => Answer::MaybeApplied,
-        Err(_) => Answer::Refused,
-    }
 }
 
 /// Counts a change of a new instance (launched less than an hour before) against its launch

@@ -360,9 +360,8 @@ async fn write_restored(
         .await;
 }
 
-/// Every policy that exists, those being deleted included.
 fn live_policies(ctx: &Context) -> HashSet<String> {
-    ctx.stores.policies.state().iter().map(|p| p.name_any()).collect()
+    ctx.live_policies()
 }
 
 fn change(

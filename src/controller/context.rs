@@ -3,6 +3,7 @@
 
 use super::account_defaults::AccountDefaultsCache;
 use super::cache::InstanceCache;
+use super::karpenter::KarpenterCache;
 use super::memo::PolicyMemo;
 use super::node_store::NodeStore;
 use super::policy_reports::PolicyReports;
@@ -64,6 +65,8 @@ pub struct Context {
     pub cache: Mutex<InstanceCache>,
     /// The region's account IMDS defaults.
     pub account_defaults: AccountDefaultsCache,
+    /// Karpenter's node classes and pools, when Karpenter is installed.
+    pub karpenter: KarpenterCache,
     /// What the operator changed, persisted (originals, who, the last requests).
     pub records: RecordStore,
     /// What is remembered per policy.
@@ -90,6 +93,7 @@ impl Context {
             stores,
             cache: Mutex::new(InstanceCache::default()),
             account_defaults: AccountDefaultsCache::new(config.account_defaults_refresh),
+            karpenter: KarpenterCache::default(),
             records,
             memo: PolicyMemo::default(),
             metrics,
@@ -102,5 +106,11 @@ impl Context {
     pub fn forget_policy(&self, policy: &str) {
         self.memo.forget_policy(policy);
         self.metrics.forget_policy(policy);
+    }
+
+    /// Every policy that exists, those being deleted included.
+    pub fn live_policies(&self) -> std::collections::HashSet<String> {
+        use kube::ResourceExt;
+        self.stores.policies.state().iter().map(|p| p.name_any()).collect()
     }
 }

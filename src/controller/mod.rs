@@ -12,6 +12,8 @@
 //! - [`records`]: what the operator changed, kept in ConfigMaps (originals, last requests).
 //! - [`observe`]: nodes and policies from the stores, instances from EC2, IMDSv1 usage; planning.
 //! - [`rollout`]: the staged rollout's inputs for the core's decisions.
+//! - [`revert`]: `onRejectedCalls: Revert`, and the holds it leaves.
+//! - [`karpenter`], [`node_classes`]: Karpenter's node classes read, and compared per policy.
 //! - [`apply`]: claims, records originals, sends modify requests, records outcomes.
 //! - [`preflight`]: the DryRun check before a policy's first request.
 //! - [`cleanup`]: deletion, and restore-on-delete.
@@ -32,7 +34,9 @@ pub mod decode;
 pub mod error;
 pub mod events;
 pub mod fault_hook;
+pub mod karpenter;
 pub mod memo;
+pub mod node_classes;
 pub mod node_store;
 pub mod observe;
 pub mod policy_report_writer;
@@ -41,6 +45,7 @@ pub mod policy_writes;
 pub mod preflight;
 pub mod reconcile;
 pub mod records;
+pub mod revert;
 pub mod rollout;
 pub mod singleton;
 pub mod watches;

@@ -133,6 +133,7 @@ pub async fn refresh(ctx: &Context, instance_ids: &[String], all: bool) -> Vec<S
                 let change = record.change.as_ref().filter(|c| c.state == ChangeState::Sent)?;
                 let mut next = record.clone();
                 next.change = record::settle_sent(change, shown.get(id)?, issued_at);
+                imds_core::revert::forget_untaken(&mut next, change);
                 Some(next)
             })
             .await;
@@ -204,6 +205,7 @@ pub async fn plan_with_cache(ctx: &Context, observed: &Observed, outcomes: &Hash
         guard_facts: &guard_facts,
     };
     let mut plans = plan::plan(&input, &observed.selected);
+    super::revert::hold_reverted(ctx, &mut plans).await;
     for p in plans.iter_mut() {
         if let Some(failure) = p.instance_id.as_ref().and_then(|id| outcomes.get(id)) {
             p.fail(failure.clone());

@@ -100,6 +100,8 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
         .defaults
         .as_ref()
         .and_then(|d| imds_core::defaults::report_for_policy(&policy.spec.metadata_options, d));
+    new_status.node_classes = super::node_classes::mismatches(ctx, &observed.me).await;
+    super::node_classes::publish_new(ctx, policy, &new_status.node_classes).await;
     new_status.policy_reports = ctx.policy_reports.status_of(&name, plans.len());
     publish_conflicts(ctx, policy, &plans).await;
     publish_new_halt(ctx, policy, &progress, &new_status).await;

@@ -1,6 +1,8 @@
 //! The staged rollout's inputs from the persisted records and the last status, handed to the
 //! pure decisions in [`imds_core::rollout`]. The records survive restarts and leader changes, so
 //! a restarted operator counts what is settling and what may halt before it sends anything.
+//! With `onRejectedCalls: Revert` the instances that refused calls are reverted here
+//! ([`super::revert`]).
 
 use super::context::Context;
 use super::observe::Observed;
@@ -77,7 +79,9 @@ pub async fn state(policy: &InstanceMetadataPolicy, ctx: &Context, observed: &Ob
         not_ready: window,
         verify: verify_window(policy).filter(|_| verify),
     };
-    let rejected = if record.halt.is_none() {
+    // With Revert, instances changed before the halt are still verified (and reverted) while halted.
+    let revert = policy.spec.rollout.verify.on_rejected_calls == RejectedCallsAction::Revert;
+    let rejected = if record.halt.is_none() || revert {
         rejected_since_change(ctx, &recent, watch.verify).await
     } else {
         HashMap::new()
@@ -87,6 +91,8 @@ pub async fn state(policy: &InstanceMetadataPolicy, ctx: &Context, observed: &Ob
     if state.lifted {
         forget_accepted_changes(ctx, &observed.instance_ids).await;
         tracing::info!(policy = %policy.name_any(), "rollout resumed");
+    } else if let Some(window) = watch.verify.filter(|_| revert) {
+        super::revert::revert_rejecting(ctx, policy, window, &observed.readiness, &rejected).await;
     }
     state
 }

@@ -90,6 +90,55 @@ async fn put_rejected_calls(cw: &aws_sdk_cloudwatch::Client, id: &str, calls: f6
     put_calls(cw, "MetadataNoTokenRejected", id, calls, SystemTime::now()).await
 }
 
+/// The operator (its CloudWatch is moto's) on two nodes whose instances allow IMDSv1, and policy
+/// `v2` moving one instance at a time to IMDSv2 with `onRejectedCalls`; the instance moved first.
+async fn staged_on_two_nodes(
+    cluster: &Cluster,
+    double: &Ec2Double,
+    moto: &Moto,
+    ids: [&'static str; 2],
+    on_rejected_calls: &str,
+) -> Result<(Operator, &'static str)> {
+    for (i, id) in ids.iter().enumerate() {
+        double.add_instance(id, v1_instance(), &[]);
+        cluster
+            .create_node(&format!("n{i}"), &[], Some(&provider_id(id)))
+            .await?;
+    }
+    let operator = Operator::start(cluster, &operator_env(double, moto), &OPERATOR_ARGS).await?;
+    let staged = format!(
+        "{NO_USAGE_GUARD}  rollout: {{maxInFlight: 1, settleSeconds: 0, verify: {{window: 15m, onRejectedCalls: {on_rejected_calls}}}}}\n"
+    );
+    cluster.apply(&policy("v2", "{httpTokens: required}", &staged))?;
+    let first = wait_for_required(double, &ids).await?;
+    Ok((operator, first))
+}
+
+const OPERATOR_ARGS: [&str; 2] = ["--leader-election=false", "--resync-period=10m"];
+
+/// The EC2 double's environment with moto's CloudWatch.
+fn operator_env(double: &Ec2Double, moto: &Moto) -> Vec<(String, String)> {
+    let mut env = double.aws_env();
+    env.push(("AWS_ENDPOINT_URL_CLOUDWATCH".into(), moto.endpoint()));
+    env
+}
+
+/// Whether the instance requires IMDSv2 now.
+fn requires_v2(double: &Ec2Double, id: &str) -> bool {
+    double.options(id).is_some_and(|o| o.http_tokens.as_str() == "required")
+}
+
+/// The first of `ids` to require IMDSv2 (polled for up to 60 s).
+async fn wait_for_required(double: &Ec2Double, ids: &[&'static str]) -> Result<&'static str> {
+    for _ in 0..120 {
+        if let Some(id) = ids.iter().find(|id| requires_v2(double, id)) {
+            return Ok(id);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("none of {ids:?} was moved to required within 60s")
+}
+
 /// Verification after the change: one instance at a time is moved to IMDSv2; the first one then
 /// refuses IMDSv1 calls (`MetadataNoTokenRejected`) within its verification window, so the
 /// rollout halts (`Stalled`, `IMDSv1CallsRejected`, the node and the count in status) and the
@@ -101,29 +150,7 @@ async fn rejected_imdsv1_calls_after_the_change_halt_the_rollout() -> Result<()>
     let moto = Moto::start()?;
     let cw = moto.cloudwatch_client().await;
     let ids = ["i-0000000000000001a", "i-0000000000000001b"];
-    for (i, id) in ids.iter().enumerate() {
-        double.add_instance(id, v1_instance(), &[]);
-        cluster
-            .create_node(&format!("n{i}"), &[], Some(&provider_id(id)))
-            .await?;
-    }
-    let mut env = double.aws_env();
-    env.push(("AWS_ENDPOINT_URL_CLOUDWATCH".into(), moto.endpoint()));
-    let mut operator = Operator::start(&cluster, &env, &["--leader-election=false", "--resync-period=10m"]).await?;
-    let staged = format!(
-        "{NO_USAGE_GUARD}  rollout: {{maxInFlight: 1, settleSeconds: 0, verify: {{window: 15m, onRejectedCalls: Halt}}}}\n"
-    );
-    cluster.apply(&policy("v2", "{httpTokens: required}", &staged))?;
-    let required = |id: &str| double.options(id).is_some_and(|o| o.http_tokens.as_str() == "required");
-    let mut changed = None;
-    for _ in 0..120 {
-        changed = ids.iter().find(|id| required(id)).copied();
-        if changed.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let changed = changed.ok_or_else(|| anyhow::anyhow!("no instance was moved to required within 60s"))?;
+    let (mut operator, changed) = staged_on_two_nodes(&cluster, &double, &moto, ids, "Halt").await?;
     let other = ids.iter().find(|id| **id != changed).copied().unwrap_or_default();
     put_rejected_calls(&cw, changed, 5.0).await?;
     let status = cluster
@@ -136,9 +163,74 @@ async fn rejected_imdsv1_calls_after_the_change_halt_the_rollout() -> Result<()>
     let halt = status.rollout_halt.as_ref().expect("halted");
     assert_eq!((halt.instance_id.as_str(), halt.rejected_calls), (changed, Some(5)));
     assert!(
-        !required(other),
+        !requires_v2(&double, other),
         "the second instance waited for the first one's verdict"
     );
+    operator.ensure_running()?;
+    Ok(())
+}
+
+/// `onRejectedCalls: Revert`: the changed instance that refused IMDSv1 calls goes back to the
+/// options recorded before the change (a Warning `Reverted` naming the node, the node `Reverted`
+/// in status, the rollout halted), and stays there: after the operator is killed and restarted
+/// and a person resumes the rollout, the other instance is enforced and the reverted one is not
+/// (its hold is in the records, not in memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_calls_with_revert_put_the_instance_back_and_hold_it_across_a_restart() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let double = Ec2Double::start().await;
+    let moto = Moto::start()?;
+    let cw = moto.cloudwatch_client().await;
+    let ids = ["i-0000000000000003a", "i-0000000000000003b"];
+    let (mut operator, changed) = staged_on_two_nodes(&cluster, &double, &moto, ids, "Revert").await?;
+    let other = ids.iter().find(|id| **id != changed).copied().unwrap_or_default();
+    put_rejected_calls(&cw, changed, 4.0).await?;
+    let reverted = |s: &imds_core::api::InstanceMetadataPolicyStatus| {
+        s.non_compliant_nodes
+            .iter()
+            .any(|n| n.instance_id.as_deref() == Some(changed) && n.reason == "Reverted")
+    };
+    let status = cluster
+        .wait_status("v2", "reverted and halted", |_, s| {
+            s.rollout_halt.is_some() && reverted(s)
+        })
+        .await?;
+    assert_eq!(status.rollout_halt.as_ref().and_then(|h| h.rejected_calls), Some(4));
+    assert_eq!(
+        double.options(changed).map(|o| o.http_tokens.as_str().to_string()),
+        Some("optional".into())
+    );
+    let events = cluster.events_for("v2").await?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("Reverted:") && e.contains(changed) && e.contains("refused 4 IMDSv1 calls")),
+        "{events:?}"
+    );
+    let records = cluster.records().await?;
+    assert_eq!(records[changed]["reverted"]["policy"], "v2", "{records:?}");
+
+    operator.kill();
+    let mut operator = Operator::start(&cluster, &operator_env(&double, &moto), &OPERATOR_ARGS).await?;
+    cluster.kubectl(&[
+        "annotate",
+        "imp",
+        "v2",
+        "imds-operator.io/resume-rollout=1",
+        "--overwrite",
+    ])?;
+    assert_eq!(
+        wait_for_required(&double, &[other]).await?,
+        other,
+        "the rollout resumed"
+    );
+    let status = cluster
+        .wait_status("v2", "resumed, the reverted instance still held", |_, s| {
+            s.rollout_halt.is_none() && reverted(s)
+        })
+        .await?;
+    assert_eq!(condition(&status, "Stalled"), ("True".into(), "Reverted".into()));
+    assert!(!requires_v2(&double, changed), "held across the restart and the resume");
     operator.ensure_running()?;
     Ok(())
 }
@@ -194,6 +286,83 @@ async fn launch_sources_of_new_drifted_instances_are_named() -> Result<()> {
         &[r#"name="lt-0abc:3""#],
     );
     assert_eq!(counted, 2.0, "{metrics}");
+    operator.ensure_running()?;
+    Ok(())
+}
+
+/// Karpenter (minimal stand-ins for its CRDs, `tests/fixtures/karpenter-crds.yaml`): an
+/// `EC2NodeClass` that launches on IMDSv1, used by a NodePool, is reported against the policy
+/// that would select its nodes — in status (`nodeClasses`), as a Warning and in `report` — while
+/// no node exists; a node class left to Karpenter's defaults (IMDSv2 required) is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_karpenter_node_class_on_imdsv1_is_reported_before_any_node_launches() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let double = Ec2Double::start().await;
+    let crds = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/karpenter-crds.yaml"
+    ))?;
+    cluster.apply(&crds)?;
+    for crd in ["ec2nodeclasses.karpenter.k8s.aws", "nodepools.karpenter.sh"] {
+        let crd = format!("crd/{crd}");
+        cluster.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", &crd])?;
+    }
+    cluster.apply(
+        "apiVersion: karpenter.k8s.aws/v1\nkind: EC2NodeClass\nmetadata: {name: legacy}\nspec: {metadataOptions: {httpTokens: optional, httpPutResponseHopLimit: 2}}\n---\n\
+         apiVersion: karpenter.k8s.aws/v1\nkind: EC2NodeClass\nmetadata: {name: default}\nspec: {role: KarpenterNodeRole}\n---\n\
+         apiVersion: karpenter.sh/v1\nkind: NodePool\nmetadata: {name: old}\nspec: {template: {metadata: {labels: {team: a}}, spec: {nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: legacy}}}}\n---\n\
+         apiVersion: karpenter.sh/v1\nkind: NodePool\nmetadata: {name: general}\nspec: {template: {spec: {nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}}}}\n",
+    )?;
+    let mut operator = Operator::start(&cluster, &double.aws_env(), &OPERATOR_ARGS).await?;
+    let team_a = "apiVersion: imds-operator.io/v1alpha1\nkind: InstanceMetadataPolicy\nmetadata:\n  name: team-a\nspec:\n  nodeSelector: {matchLabels: {team: a}}\n  metadataOptions: {httpTokens: required}\n";
+    cluster.apply(team_a)?;
+    let status = cluster
+        .wait_status("team-a", "node class reported", |_, s| !s.node_classes.is_empty())
+        .await?;
+    assert_eq!(status.matched_nodes, 0, "no node launched");
+    let reported: Vec<(&str, Vec<&str>, Vec<&str>)> = status
+        .node_classes
+        .iter()
+        .map(|c| {
+            let pools = c.node_pools.iter().map(String::as_str).collect();
+            (
+                c.node_class.as_str(),
+                pools,
+                c.mismatches.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reported,
+        vec![("legacy", vec!["old"], vec!["httpTokens: optional → required"])]
+    );
+    let events = cluster.events_for("team-a").await?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("NodeClassMismatch:") && e.contains("legacy")),
+        "{events:?}"
+    );
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, team_a)?;
+    let file_arg = file.to_string_lossy().to_string();
+    let (_, json) =
+        crate::report::report_with_env(&cluster, &double.aws_env(), &["--policy", &file_arg, "-o", "json"])?;
+    let parsed: serde_json::Value = serde_json::from_str(&json)?;
+    let entry = &parsed["nodeClasses"][0];
+    assert_eq!(
+        (&entry["policy"], &entry["nodeClasses"][0]["nodeClass"]),
+        (&"team-a".into(), &"legacy".into()),
+        "{json}"
+    );
+    let (_, table) = crate::report::report_with_env(&cluster, &double.aws_env(), &["--policy", &file_arg])?;
+    assert!(
+        table.contains(
+            "policy team-a: Karpenter EC2NodeClass legacy launches its nodes with httpTokens: optional → required"
+        ),
+        "{table}"
+    );
     operator.ensure_running()?;
     Ok(())
 }

@@ -8,6 +8,7 @@ mod fleet_safety;
 mod image;
 mod invalid;
 mod moto_scenarios;
+mod node;
 mod observability;
 mod policy_reports;
 mod records;

@@ -341,14 +341,19 @@ fn release_is_signed_and_its_sbom_lists_the_linked_crates() -> Result<()> {
     offline(&mut refuse);
     assert!(!refuse.output()?.status.success(), "a changed payload verified");
 
-    // The SBOM lists every crate the binary links (cargo tree, normal dependencies), and no
-    // dev-only crate.
+    // The SBOM lists exactly the crates the binary links (cargo tree, normal dependencies, the
+    // image's target): no dev-only crate, no other platform's.
     let sbom: serde_json::Value = serde_json::from_slice(&std::fs::read(file("sbom")?)?)?;
     assert_eq!(sbom["bomFormat"], "CycloneDX");
     let listed = sbom_components(&sbom);
     let linked = linked_crates()?;
     let missing: Vec<&String> = linked.difference(&listed).collect();
     assert!(missing.is_empty(), "linked but not in the SBOM: {missing:?}");
+    let extra: Vec<&String> = listed.difference(&linked).collect();
+    assert!(
+        extra.is_empty(),
+        "in the SBOM but not linked for this target: {extra:?}"
+    );
     assert!(
         !listed.iter().any(|c| c.starts_with("proptest@")),
         "the SBOM lists dev-dependencies"

@@ -7,13 +7,17 @@ use imds_test_support::Moto;
 use imds_test_support::e2e::{Cluster, Operator};
 use std::process::Command;
 
-/// Runs `imds-operator report <args>`: (exit status, stdout).
 pub(crate) fn report(cluster: &Cluster, moto: &Moto, args: &[&str]) -> Result<(i32, String)> {
+    report_with_env(cluster, &moto.aws_env(), args)
+}
+
+/// Runs `imds-operator report` with `aws_env`; its exit status (an error on 2) and stdout.
+pub(crate) fn report_with_env(cluster: &Cluster, aws_env: &[(String, String)], args: &[&str]) -> Result<(i32, String)> {
     let mut cmd = Command::new(Operator::binary());
     cmd.arg("report")
         .args(args)
         .env("KUBECONFIG", cluster.cp.kubeconfig_path());
-    for (k, v) in moto.aws_env() {
+    for (k, v) in aws_env {
         cmd.env(k, v);
     }
     let out = cmd.output().context("running imds-operator report")?;
@@ -75,5 +79,64 @@ async fn report_evaluates_unapplied_policies_and_exits_by_compliance() -> Result
     let (code, table) = report(&cluster, &moto, &["--policy", &file_arg])?;
     assert_eq!(code, 0, "compliant fleet: exit 0\n{table}");
     assert!(table.contains("fleet COMPLIES"), "{table}");
+    Ok(())
+}
+
+/// The report names each node's launch source (from its instance's tags) and the IMDSv1 calls
+/// EC2 refused on it (CloudWatch `MetadataNoTokenRejected`, last 24h), in JSON and in the table,
+/// and counts the nodes per launch source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_shows_rejected_calls_per_node_and_launch_sources() -> Result<()> {
+    use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+    let cluster = Cluster::start().await?;
+    let moto = Moto::start()?;
+    let ids = moto.run_instances(2, &[("eks:nodegroup-name", "system")]).await?;
+    for (i, id) in ids.iter().enumerate() {
+        cluster
+            .create_node(&format!("n{i}"), &[], Some(&format!("aws:///us-east-1a/{id}")))
+            .await?;
+    }
+    let datum = MetricDatum::builder()
+        .metric_name("MetadataNoTokenRejected")
+        .dimensions(Dimension::builder().name("InstanceId").value(&ids[1]).build())
+        .unit(StandardUnit::Count)
+        .value(7.0)
+        .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from(
+            std::time::SystemTime::now(),
+        ))
+        .build();
+    let cw = moto.cloudwatch_client().await;
+    cw.put_metric_data()
+        .namespace("AWS/EC2")
+        .metric_data(datum)
+        .send()
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: imds-operator.io/v1alpha1\nkind: InstanceMetadataPolicy\nmetadata: {name: v2}\nspec:\n  nodeSelector: {}\n  metadataOptions: {httpTokens: required}\n",
+    )?;
+    let file_arg = file.to_string_lossy().to_string();
+
+    let (_, json) = report(&cluster, &moto, &["--policy", &file_arg, "-o", "json"])?;
+    let parsed: serde_json::Value = serde_json::from_str(&json)?;
+    assert_eq!(parsed["nodes"][0]["launchSource"], "NodeGroup/system", "{json}");
+    assert_eq!(parsed["nodes"][0]["rejectedCalls"], 0, "{json}");
+    assert_eq!(parsed["nodes"][1]["rejectedCalls"], 7, "{json}");
+    let source = &parsed["launchSources"][0];
+    assert_eq!(
+        (
+            &source["kind"],
+            &source["name"],
+            &source["nodes"],
+            &source["notCompliant"]
+        ),
+        (&"NodeGroup".into(), &"system".into(), &2.into(), &2.into()),
+        "{json}"
+    );
+    let (_, table) = report(&cluster, &moto, &["--policy", &file_arg])?;
+    assert!(table.contains("REJECTED") && table.contains("SOURCE"), "{table}");
+    assert!(table.contains("NodeGroup system: 2 nodes, 2 not compliant"), "{table}");
     Ok(())
 }

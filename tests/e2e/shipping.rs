@@ -613,6 +613,9 @@ async fn operator_runs_as_the_charts_service_account_with_least_privilege() -> R
             &[],
             &["get", "patch"],
         ),
+        // Karpenter's node classes and pools, read only.
+        row("ec2nodeclasses.karpenter.k8s.aws", &[], &["get", "list", "watch"]),
+        row("nodepools.karpenter.sh", &[], &["get", "list", "watch"]),
     ];
     // Events only in "default", where the recorder publishes them for cluster-scoped objects.
     let event_rules = [row("events.events.k8s.io", &[], &["create", "patch"])];

@@ -232,10 +232,11 @@ pub struct Verify {
     #[serde(default = "default_verify_window")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"))]
     pub window: String,
-    /// What rejected calls within the window do: `Halt` (default) halts the rollout exactly like
-    /// a node turning NotReady (`Stalled`, reason `IMDSv1CallsRejected`, an Event; resume with the
-    /// annotation `imds-operator.io/resume-rollout` or a spec change); `Ignore` reads nothing and
-    /// does not wait.
+    /// What rejected calls within the window do: `Halt` (default) halts the rollout like a node
+    /// turning NotReady (`Stalled`, `IMDSv1CallsRejected`, an Event; resume with the annotation
+    /// `imds-operator.io/resume-rollout` or a spec change); `Revert` also puts each instance that
+    /// refused calls back to its recorded original options (`Reverted`) and holds it until a spec
+    /// change or a new `imds-operator.io/reenforce-reverted` value; `Ignore` reads nothing.
     #[serde(default)]
     pub on_rejected_calls: RejectedCallsAction,
 }
@@ -259,6 +260,8 @@ pub enum RejectedCallsAction {
     /// Halt the rollout.
     #[default]
     Halt,
+    /// Halt the rollout and put the instance back to its recorded options.
+    Revert,
     /// Do not verify.
     Ignore,
 }
@@ -429,28 +432,22 @@ pub struct InstanceMetadataPolicyStatus {
     /// Nodes selected by `spec.nodeSelector`.
     #[serde(default)]
     pub matched_nodes: i32,
-
     /// Selected nodes whose instance has every option this policy decides, applied.
     #[serde(default)]
     pub compliant_nodes: i32,
-
     /// Selected nodes whose instance differs from what this policy decides.
     #[serde(default)]
     pub drifted_nodes: i32,
-
     /// Selected nodes whose instance has a metadata change in flight (`pending` in EC2).
     #[serde(default)]
     pub pending_nodes: i32,
-
     /// Selected nodes the operator cannot manage: no providerID yet, not an EC2 instance
     /// (Fargate, another cloud), a malformed providerID, or a terminated instance.
     #[serde(default)]
     pub skipped_nodes: i32,
-
     /// Selected nodes where reading or modifying the instance failed.
     #[serde(default)]
     pub failed_nodes: i32,
-
     /// Selected nodes where this policy and another of equal priority set an option to
     /// different values; that option is left alone.
     #[serde(default)]
@@ -496,6 +493,12 @@ pub struct InstanceMetadataPolicyStatus {
     /// account defaults (or create the InstanceMetadataDefaults singleton).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_defaults: Option<AccountDefaultsReport>,
+
+    /// Karpenter EC2NodeClasses whose nodes this policy would select and whose
+    /// `spec.metadataOptions` (Karpenter's defaults where unset) launch them with other options
+    /// than it sets, at most 10: fix the node class before its nodes launch drifted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_classes: Vec<crate::karpenter::report::NodeClassReport>,
 
     /// With `--policy-reports`: the wg-policy reports that list every selected node's result,
     /// or why there are none.
@@ -548,6 +551,9 @@ pub struct RolloutHalt {
 /// Annotation that resumes a halted rollout when set to a value the operator has not acted on.
 pub const RESUME_ANNOTATION: &str = "imds-operator.io/resume-rollout";
 
+/// A new value re-enforces the instances the policy reverted (`onRejectedCalls: Revert`).
+pub const REENFORCE_ANNOTATION: &str = "imds-operator.io/reenforce-reverted";
+
 /// Finalizer of policies with `onDelete: Restore`.
 pub const RESTORE_FINALIZER: &str = "imds-operator.io/restore";
 
@@ -587,15 +593,7 @@ pub struct FieldDrift {
     pub desired: String,
 }
 
-/// Condition types (kstatus).
-pub mod condition {
-    /// Every selected instance matches the policy and its options are applied.
-    pub const READY: &str = "Ready";
-    /// The operator is changing instances or waiting for changes to apply.
-    pub const RECONCILING: &str = "Reconciling";
-    /// Progress needs a person.
-    pub const STALLED: &str = "Stalled";
-}
+pub mod condition;
 
 #[cfg(test)]
 mod tests {

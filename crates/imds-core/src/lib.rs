@@ -9,6 +9,7 @@
 //! - [`reason`]: every reason written to status and Events.
 //! - [`options`]: the five metadata options, EC2's launch defaults, the original-options record.
 //! - [`provider_id`]: Node `spec.providerID` → EC2 instance.
+//! - [`karpenter`]: Karpenter `EC2NodeClass` options against the policies that would select its nodes.
 //! - [`labels`]: node labels kept interned and shared, and the selectors that match them.
 //! - [`launch_source`]: which launch template, node group or `EC2NodeClass` keeps launching drifted instances.
 //! - [`node`]: what the operator keeps of a Node.
@@ -20,6 +21,7 @@
 //! - [`requeue`]: when to look again (backoff per failure kind).
 //! - [`record`]: what the operator changed on an instance (originals, who, the last request).
 //! - [`restore`]: what an instance needs when its `Restore` policy is deleted.
+//! - [`revert`]: putting an instance back after refused IMDSv1 calls, and holding it there.
 //! - [`status`]: node plans → the policy's status and kstatus conditions.
 //! - [`usage`]: IMDSv1 usage per CloudWatch period, and what counts after an instance's boot window.
 //! - [`leader`]: leader-election decisions (client-go's rules) and the leader's write window.
@@ -30,6 +32,7 @@ pub mod defaults;
 pub mod defaults_api;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod karpenter;
 pub mod labels;
 pub mod launch_source;
 pub mod leader;
@@ -43,6 +46,7 @@ pub mod reason;
 pub mod record;
 pub mod requeue;
 pub mod restore;
+pub mod revert;
 pub mod rollout;
 pub mod selection;
 pub mod status;

@@ -44,6 +44,12 @@ pub enum Reason {
     /// `Reconciling`, `Stalled` and Event: IMDSv1 calls were refused on an instance this policy
     /// moved to `httpTokens: required`, within `rollout.verify.window` (`MetadataNoTokenRejected`).
     Imdsv1CallsRejected,
+    /// Node, `Ready`, `Stalled` and Event: the instance refused IMDSv1 calls after this policy
+    /// moved it to IMDSv2 (`onRejectedCalls: Revert`), so it was put back to its recorded options
+    /// and is held there until a person re-enforces it.
+    Reverted,
+    /// Event: a Karpenter EC2NodeClass launches the nodes this policy selects with other options.
+    NodeClassMismatch,
     /// Node, `Ready`, `Stalled` and Event: the instance made IMDSv1 calls within the lookback.
     Imdsv1InUse,
     /// Node, `Ready` and `Stalled`: `MetadataNoToken` could not be read.
@@ -95,7 +101,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 39] = [
+    pub const ALL: [Reason; 41] = [
         Reason::Compliant,
         Reason::NoNodesSelected,
         Reason::Drifted,
@@ -114,6 +120,8 @@ impl Reason {
         Reason::NoBlockers,
         Reason::RolloutHalted,
         Reason::Imdsv1CallsRejected,
+        Reason::Reverted,
+        Reason::NodeClassMismatch,
         Reason::Imdsv1InUse,
         Reason::Imdsv1UsageUnknown,
         Reason::TagKeyNotAllowed,
@@ -158,6 +166,8 @@ impl Reason {
             Reason::NoBlockers => "NoBlockers",
             Reason::RolloutHalted => "RolloutHalted",
             Reason::Imdsv1CallsRejected => "IMDSv1CallsRejected",
+            Reason::Reverted => "Reverted",
+            Reason::NodeClassMismatch => "NodeClassMismatch",
             Reason::Imdsv1InUse => "IMDSv1InUse",
             Reason::Imdsv1UsageUnknown => "IMDSv1UsageUnknown",
             Reason::TagKeyNotAllowed => "TagKeyNotAllowed",

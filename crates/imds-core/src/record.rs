@@ -87,6 +87,32 @@ pub struct InstanceRecord {
     /// The last modify request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<ChangeRecord>,
+    /// Set when the operator reverted the instance after refused IMDSv1 calls: no request goes
+    /// to it while the hold is in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted: Option<RevertHold>,
+}
+
+/// Kept in an instance's record after the operator reverted it: no request goes to the instance
+/// while the hold is in force ([`crate::revert::in_force`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevertHold {
+    /// The policy whose change was reverted.
+    pub policy: String,
+    /// That policy's `metadata.generation` then; a spec change releases the hold.
+    pub generation: i64,
+    /// The node.
+    pub node: String,
+    /// When the operator reverted the instance.
+    pub at: Timestamp,
+    /// The refused IMDSv1 calls counted since the change.
+    pub rejected_calls: u64,
+    /// The options the instance was put back to, in [`FullOptions::to_tag_value`] form.
+    pub options: String,
+    /// The value of the re-enforce annotation on the policy then; another value releases the hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reenforce_seen: Option<String>,
 }
 
 /// A stored record that cannot be used; it is never applied.
@@ -122,6 +148,11 @@ impl InstanceRecord {
         {
             return Err(invalid(format!("change: {:?} is not a request", change.request)));
         }
+        if let Some(hold) = &record.reverted
+            && FullOptions::from_tag_value(&hold.options).is_none()
+        {
+            return Err(invalid(format!("reverted: {:?} is not a set of options", hold.options)));
+        }
         Ok(record)
     }
 
@@ -133,7 +164,7 @@ impl InstanceRecord {
 
     /// Whether nothing is recorded (the stored record can go).
     pub fn is_empty(&self) -> bool {
-        self.options.is_empty() && self.change.is_none()
+        self.options.is_empty() && self.change.is_none() && self.reverted.is_none()
     }
 
     /// The original of `field`, when recorded.
@@ -173,6 +204,8 @@ pub fn before_change(
     live: impl Fn(&str) -> bool,
 ) -> InstanceRecord {
     let mut next = record.clone();
+    // A request goes out only when no revert hold is in force: an old one is done with.
+    next.reverted = None;
     for field in Field::ALL {
         if current.get(field) == request.get(field) {
             continue;
@@ -303,6 +336,9 @@ pub fn after_answer(
             }
             if stored.change == written.change {
                 next.change = before.change.clone();
+            }
+            if stored.reverted == written.reverted {
+                next.reverted = before.reverted.clone();
             }
         }
     }

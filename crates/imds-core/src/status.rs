@@ -50,6 +50,7 @@ pub fn summarize(
         launch_sources: Vec::new(),
         non_compliant_nodes: Vec::new(),
         account_defaults: None,
+        node_classes: Vec::new(),
         policy_reports: None,
         last_sync_time: Some(now.clone()),
         conditions: Vec::new(),

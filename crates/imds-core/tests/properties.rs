@@ -735,6 +735,7 @@ fn valid_record() -> impl Strategy<Value = InstanceRecord> {
                 })
                 .collect(),
             change,
+            reverted: None,
         }
     })
 }

@@ -7,6 +7,8 @@
 //! - [`moto`]: [`Moto`], a moto server for the EC2 and CloudWatch APIs.
 //! - [`ec2_double`]: [`Ec2Double`], an EC2 Query-protocol double (see `docs/ec2-semantics.md`).
 //! - [`e2e`]: a cluster with the CRD installed, the operator binary, waiting for outcomes.
+//! - [`node`]: real nodes (kubelet + containerd in a network namespace of the test's) and the
+//!   controller-manager and scheduler, for `make test-node`.
 //! - [`nodes`]: realistic EKS worker Nodes ([`nodes::EksFleet`]) and their bulk creation.
 //! - [`process`]: child processes that never outlive the test process.
 //! - [`procstat`]: a process's memory and CPU time from `/proc` (for the benchmarks).
@@ -24,6 +26,7 @@ pub mod control_plane;
 pub mod e2e;
 pub mod ec2_double;
 pub mod moto;
+pub mod node;
 pub mod nodes;
 pub mod observability;
 pub mod oci;
@@ -154,12 +157,34 @@ pub fn temp_dir(what: &str) -> Result<tempfile::TempDir> {
     Ok(dir)
 }
 
+/// Harness temp dirs (`$TMPDIR/imds-operator-<what>-*`) whose owning test process is gone.
+pub(crate) fn stale_temp_dirs(what: &str) -> Vec<PathBuf> {
+    let prefix = format!("{TEMP_PREFIX}{what}-");
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter(|e| {
+            let owner = std::fs::read_to_string(e.path().join(OWNER_FILE)).unwrap_or_default();
+            owner
+                .trim()
+                .parse::<u32>()
+                .is_ok_and(|pid| pid != std::process::id() && !process::pid_alive(pid))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
 fn sweep_stale_temp_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };
     for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Nodes' dirs may hold mounts: `node` sweeps them itself, unmounting first.
+        if !name.starts_with(TEMP_PREFIX) || name.starts_with(&format!("{TEMP_PREFIX}node-")) {
             continue;
         }
         // Dirs without an owner file (kept on purpose, or not ours) are left alone.

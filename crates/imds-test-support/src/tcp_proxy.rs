@@ -74,6 +74,12 @@ impl TcpProxy {
     /// The socket is bound before it returns. Panics if it cannot bind (test setup).
     pub fn start(upstream: SocketAddr) -> TcpProxy {
         let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("tcp proxy: binding 127.0.0.1:0");
+        TcpProxy::with_listener(listener, upstream)
+    }
+
+    /// Like [`TcpProxy::start`] on a listener the caller bound (e.g. inside another network
+    /// namespace: the socket stays there while the upstream is dialled from this one).
+    pub fn with_listener(listener: std::net::TcpListener, upstream: SocketAddr) -> TcpProxy {
         listener
             .set_nonblocking(true)
             .expect("tcp proxy: non-blocking listener");

@@ -81,7 +81,7 @@ pub struct NodePlan {
 }
 
 impl NodePlan {
-    fn new(node: &NodeInput, instance_id: Option<String>, state: NodeState, reason: Reason) -> Self {
+    pub(crate) fn new(node: &NodeInput, instance_id: Option<String>, state: NodeState, reason: Reason) -> Self {
         NodePlan {
             node: node.name.clone(),
             instance_id,

@@ -26,6 +26,7 @@ fn record(entries: &[(&str, OptionRecord)]) -> InstanceRecord {
     InstanceRecord {
         options: entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         change: None,
+        reverted: None,
     }
 }
 

@@ -58,6 +58,7 @@ pub struct ControlPlane {
     etcd_config: EtcdConfig,
     kubeconfig: PathBuf,
     startup: Duration,
+    service_account_admission: bool,
 }
 
 /// The directory with the control-plane binaries: `$IMDS_OPERATOR_BIN_DIR`, else
@@ -90,6 +91,17 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver and waits until the API is ready (`/readyz` and the
     /// `default` namespace exists), with a kubeconfig for an admin (`system:masters`) user.
     pub async fn start() -> Result<ControlPlane> {
+        ControlPlane::start_with(false).await
+    }
+
+    /// Like [`ControlPlane::start`], with the ServiceAccount admission plugin on: pods get the
+    /// service account token volume, for kubelets (`crate::node`) that run them. Pods are then
+    /// refused until their service account exists.
+    pub async fn start_for_nodes() -> Result<ControlPlane> {
+        ControlPlane::start_with(true).await
+    }
+
+    async fn start_with(service_account_admission: bool) -> Result<ControlPlane> {
         let started = Instant::now();
         crate::init_crypto();
         let bin_dir = bin_dir();
@@ -112,6 +124,7 @@ impl ControlPlane {
             etcd_config,
             kubeconfig: PathBuf::new(),
             startup: Duration::ZERO,
+            service_account_admission,
         };
         // From here on, an error drops `cp`, which stops etcd and removes the dir.
         cp.start_apiserver_on_a_free_port().await?;
@@ -188,11 +201,13 @@ impl ControlPlane {
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--service-cluster-ip-range=10.0.0.0/24".into(),
-            // Needs the `default` service account that only kube-controller-manager creates.
-            "--disable-admission-plugins=ServiceAccount".into(),
             "--allow-privileged=true".into(),
             "--profiling=false".into(),
         ]);
+        if !self.service_account_admission {
+            // Needs the `default` service account that only kube-controller-manager creates.
+            cmd.arg("--disable-admission-plugins=ServiceAccount");
+        }
         cmd
     }
 
