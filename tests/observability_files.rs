@@ -315,19 +315,32 @@ fn chart_renders_the_dashboard_config_map_on_and_off() -> Result<()> {
     assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "Security");
     assert_eq!(map["data"]["imds-operator.json"].as_str(), Some(dashboard.trim_end()));
     // Both pieces on: helm lint passes.
-    let chart = chart();
-    let (ok, stdout, stderr) = helm(&[
+    helm_passes(
         "lint",
+        &["grafanaDashboard.enabled=true", "prometheusRule.enabled=true"],
+    )
+}
+
+/// `helm <command>` (lint, template) of the chart with the required value and `sets` passes.
+fn helm_passes(command: &str, sets: &[&str]) -> Result<()> {
+    let (ok, stdout, stderr) = helm_with(command, sets)?;
+    ensure!(ok, "helm {command} {sets:?} failed:\n{stdout}{stderr}");
+    Ok(())
+}
+
+/// `helm <command>` of the chart with the required value and `sets`: (success, stdout, stderr).
+fn helm_with(command: &str, sets: &[&str]) -> Result<(bool, String, String)> {
+    let chart = chart();
+    let mut args = vec![
+        command,
         chart.to_str().context("chart")?,
         "--set",
         "aws.region=us-east-1",
-        "--set",
-        "grafanaDashboard.enabled=true",
-        "--set",
-        "prometheusRule.enabled=true",
-    ])?;
-    ensure!(ok, "helm lint failed:\n{stdout}{stderr}");
-    Ok(())
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    helm(&args)
 }
 
 /// The operator container's args and the ClusterRole's wgpolicyk8s.io rules, as rendered.
@@ -365,24 +378,8 @@ fn chart_renders_policy_reports_and_their_rbac_on_and_off() -> Result<()> {
         rules[0]["verbs"],
         serde_json::json!(["list", "create", "patch", "delete"])
     );
-    let chart = chart();
-    let (ok, stdout, stderr) = helm(&[
-        "lint",
-        chart.to_str().context("chart")?,
-        "--set",
-        "aws.region=us-east-1",
-        "--set",
-        "policyReports.enabled=true",
-    ])?;
-    ensure!(ok, "helm lint failed:\n{stdout}{stderr}");
-    let (bad, _, stderr) = helm(&[
-        "template",
-        chart.to_str().context("chart")?,
-        "--set",
-        "aws.region=us-east-1",
-        "--set",
-        "policyReports.interval=soon",
-    ])?;
+    helm_passes("lint", &["policyReports.enabled=true"])?;
+    let (bad, _, stderr) = helm_with("template", &["policyReports.interval=soon"])?;
     ensure!(!bad, "the schema takes interval=soon");
     ensure!(stderr.contains("interval"), "{stderr}");
     Ok(())
