@@ -1,8 +1,8 @@
 //! The observability files the project ships, checked against the real tools (fast, no cluster):
 //! the chart's alerts (one source, files/alerts.yaml) under `promtool test rules`, the chart
-//! rendering each piece on and off (`helm template`), the Grafana dashboard, the Argo CD health
-//! check run by a Lua interpreter and kstatus on the policies the e2e suite captured
-//! (tests/e2e/observability.rs), and the Flux example.
+//! rendering each piece on and off (`helm template`; policy reports with their RBAC too), the
+//! Grafana dashboard, the Argo CD health check run by a Lua interpreter and kstatus on the
+//! policies the e2e suite captured (tests/e2e/observability.rs), and the Flux example.
 //!
 //! The tools come from hack/setup.d/30-observability.sh (hack/test.sh sources it); a missing
 //! tool fails the test with a message saying so. `IMDS_OPERATOR_REGENERATE=1` rewrites
@@ -315,18 +315,73 @@ fn chart_renders_the_dashboard_config_map_on_and_off() -> Result<()> {
     assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "Security");
     assert_eq!(map["data"]["imds-operator.json"].as_str(), Some(dashboard.trim_end()));
     // Both pieces on: helm lint passes.
-    let chart = chart();
-    let (ok, stdout, stderr) = helm(&[
+    helm_passes(
         "lint",
+        &["grafanaDashboard.enabled=true", "prometheusRule.enabled=true"],
+    )
+}
+
+/// `helm <command>` (lint, template) of the chart with the required value and `sets` passes.
+fn helm_passes(command: &str, sets: &[&str]) -> Result<()> {
+    let (ok, stdout, stderr) = helm_with(command, sets)?;
+    ensure!(ok, "helm {command} {sets:?} failed:\n{stdout}{stderr}");
+    Ok(())
+}
+
+/// `helm <command>` of the chart with the required value and `sets`: (success, stdout, stderr).
+fn helm_with(command: &str, sets: &[&str]) -> Result<(bool, String, String)> {
+    let chart = chart();
+    let mut args = vec![
+        command,
         chart.to_str().context("chart")?,
         "--set",
         "aws.region=us-east-1",
-        "--set",
-        "grafanaDashboard.enabled=true",
-        "--set",
-        "prometheusRule.enabled=true",
-    ])?;
-    ensure!(ok, "helm lint failed:\n{stdout}{stderr}");
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    helm(&args)
+}
+
+/// The operator container's args and the ClusterRole's wgpolicyk8s.io rules, as rendered.
+fn report_args_and_rules(docs: &[Value]) -> Result<(Vec<String>, Vec<Value>)> {
+    let deployment = of_kind(docs, "Deployment");
+    ensure!(deployment.len() == 1, "{} Deployments", deployment.len());
+    let args: Vec<String> =
+        serde_json::from_value(deployment[0]["spec"]["template"]["spec"]["containers"][0]["args"].clone())?;
+    let args = args.into_iter().filter(|a| a.starts_with("--policy-report")).collect();
+    let rules = of_kind(docs, "ClusterRole")
+        .iter()
+        .flat_map(|r| r["rules"].as_array().cloned().unwrap_or_default())
+        .filter(|r| {
+            r["apiGroups"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g == "wgpolicyk8s.io"))
+        })
+        .collect();
+    Ok((args, rules))
+}
+
+#[test]
+fn chart_renders_policy_reports_and_their_rbac_on_and_off() -> Result<()> {
+    let (args, rules) = report_args_and_rules(&render(&[])?)?;
+    ensure!(
+        args.is_empty() && rules.is_empty(),
+        "off by default: {args:?} {rules:?}"
+    );
+    let on = render(&["policyReports.enabled=true", "policyReports.interval=1m"])?;
+    let (args, rules) = report_args_and_rules(&on)?;
+    assert_eq!(args, vec!["--policy-reports", "--policy-report-interval=1m"]);
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0]["resources"], serde_json::json!(["clusterpolicyreports"]));
+    assert_eq!(
+        rules[0]["verbs"],
+        serde_json::json!(["list", "create", "patch", "delete"])
+    );
+    helm_passes("lint", &["policyReports.enabled=true"])?;
+    let (bad, _, stderr) = helm_with("template", &["policyReports.interval=soon"])?;
+    ensure!(!bad, "the schema takes interval=soon");
+    ensure!(stderr.contains("interval"), "{stderr}");
     Ok(())
 }
 
@@ -448,6 +503,34 @@ fn kstatus_on_captured_policies() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// The status the operator writes at its first look at a policy (before any EC2 read) is in
+/// progress for kstatus (Flux) and Argo CD: a policy with no status is Current for kstatus, so
+/// the operator does not leave it without one while its first reconcile reads and changes
+/// instances.
+#[test]
+fn the_first_look_status_is_in_progress_for_kstatus_and_argo_cd() -> Result<()> {
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let policy = serde_json::json!({
+        "apiVersion": "imds-operator.io/v1alpha1",
+        "kind": "InstanceMetadataPolicy",
+        "metadata": {"name": "new", "generation": 1},
+        "spec": {"nodeSelector": {}, "metadataOptions": {"httpTokens": "required"}},
+        "status": imds_core::status::first_look(1, now),
+    });
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("first-look.json");
+    std::fs::write(&file, serde_json::to_string(&policy)?)?;
+    let tool = observability::tool(KSTATUS_ENV)?;
+    let (status, message) = observability::kstatus(&tool, std::slice::from_ref(&file))?
+        .pop()
+        .context("no kstatus")?;
+    ensure!(status == "InProgress", "kstatus says {status} ({message})");
+    let lua = observability::tool(LUA_ENV)?;
+    let health = argo_health(&lua, &argocd_dir().join("health.lua"), &policy)?;
+    ensure!(health.status == "Progressing", "Argo CD says {health:?}");
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use imds_core::node::NodeFacts;
 use imds_core::observation::{Failure, NodeInput, Observation};
 use imds_core::options::{Field, FullOptions, ObservedOptions};
 use imds_core::plan::guards::GuardFacts;
-use imds_core::plan::{self, NodePlan, NodeState, PlanInput};
+use imds_core::plan::{self, NodePlan, PlanInput};
 use imds_core::provider_id;
 use imds_core::selection::{self, FieldDecision, PolicyInput};
 use k8s_openapi::api::core::v1::Node;
@@ -128,24 +128,15 @@ pub fn build(
             .filter_map(|(_, plans)| plans.iter().find(|p| p.node == node.name))
             .collect();
         let worst = mine.iter().min_by_key(|p| p.state);
-        row.state = match worst {
-            None => "NoPolicy".to_string(),
-            Some(p) => format!("{:?}", p.state),
-        };
+        row.state = worst.map_or("NoPolicy", |p| p.state.name()).to_string();
         let mut drift: Vec<String> = mine
             .iter()
-            .flat_map(|p| {
-                p.drift
-                    .iter()
-                    .map(|d| format!("{}: {} → {}", d.field, d.observed, d.desired))
-            })
+            .flat_map(|p| p.drift.iter().map(ToString::to_string))
             .collect();
         drift.sort();
         drift.dedup();
         row.drift = drift;
-        row.blocker = worst
-            .filter(|p| !matches!(p.state, NodeState::Compliant | NodeState::Drifted))
-            .map(|p| format!("{}: {}", p.reason, p.report_message().unwrap_or_default()));
+        row.blocker = worst.and_then(|p| p.blocker());
         rows.push(row);
     }
     rows.sort_by(|a, b| a.node.cmp(&b.node));

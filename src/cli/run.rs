@@ -85,6 +85,18 @@ pub struct RunArgs {
     /// once for every policy). At least 1s.
     #[arg(long, default_value = "5m", value_parser = resync_period)]
     pub account_defaults_refresh: Duration,
+    /// Write every selected node's result as wg-policy ClusterPolicyReports
+    /// (wgpolicyk8s.io/v1alpha2, `imp-<policy>-<k>`); needs their CRD (Kyverno or Policy
+    /// Reporter install it). Without the CRD the operator says so once and goes on.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub policy_reports: bool,
+    /// A policy's reports are written at most this often (and only when they changed). At least 1s.
+    #[arg(long, default_value = "30s", value_parser = resync_period)]
+    pub policy_report_interval: Duration,
+    /// Test only: results per ClusterPolicyReport (at most 1000, the default), so that a test
+    /// gets several shards from a few nodes.
+    #[arg(long, hide = true, default_value_t = imds_core::policy_report::MAX_RESULTS_PER_REPORT)]
+    pub policy_report_shard_size: usize,
     /// This replica's identity in the Lease and in Events (defaults to the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -150,6 +162,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         max_modifies_per_reconcile: args.max_modifies_per_reconcile.max(1),
         account_defaults_refresh: args.account_defaults_refresh,
+        policy_reports: args.policy_reports.then_some(args.policy_report_interval),
+        policy_report_shard_size: args.policy_report_shard_size,
     };
     let build = move |stores| Arc::new(Context::new(clients, stores, records, metrics, config));
     tracing::info!(resync = ?args.resync_period, "controller starting");

@@ -6,6 +6,7 @@ use super::cache::InstanceCache;
 use super::karpenter::KarpenterCache;
 use super::memo::PolicyMemo;
 use super::node_store::NodeStore;
+use super::policy_reports::PolicyReports;
 use super::records::RecordStore;
 use crate::aws::cloudwatch::UsageReader;
 use crate::aws::ec2::Ec2;
@@ -28,6 +29,10 @@ pub struct ControllerConfig {
     pub max_modifies_per_reconcile: usize,
     /// How often the region's account IMDS defaults are read (for every policy together).
     pub account_defaults_refresh: Duration,
+    /// Policy reports written at most this often per policy; `None`: not written.
+    pub policy_reports: Option<Duration>,
+    /// Results per policy report object.
+    pub policy_report_shard_size: usize,
 }
 
 /// The clients a reconcile talks through.
@@ -68,6 +73,8 @@ pub struct Context {
     pub memo: PolicyMemo,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The plans handed to the policy-report writer.
+    pub policy_reports: PolicyReports,
     /// Tunables.
     pub config: ControllerConfig,
 }
@@ -90,6 +97,7 @@ impl Context {
             records,
             memo: PolicyMemo::default(),
             metrics,
+            policy_reports: PolicyReports::new(config.policy_reports).with_shard_size(config.policy_report_shard_size),
             config,
         }
     }

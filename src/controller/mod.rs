@@ -19,6 +19,8 @@
 //! - [`cleanup`]: deletion, and restore-on-delete.
 //! - [`events`]: Events on policies.
 //! - [`fault_hook`]: the injected panic the end-to-end tests of containment use.
+//! - [`policy_reports`]: the plans reconciles hand to the policy-report writer (no IO).
+//! - [`policy_report_writer`]: wg-policy `ClusterPolicyReport`s, written off the reconcile's path.
 //! - [`policy_writes`]: the status patch, the finalizer, the gauges.
 //! - [`error`]: errors that end a reconcile, with their categories.
 //! - [`reconcile`]: the driver.
@@ -37,6 +39,8 @@ pub mod memo;
 pub mod node_classes;
 pub mod node_store;
 pub mod observe;
+pub mod policy_report_writer;
+pub mod policy_reports;
 pub mod policy_writes;
 pub mod preflight;
 pub mod reconcile;

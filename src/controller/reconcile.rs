@@ -56,6 +56,12 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
     }
     fault_hook::maybe_panic(&name);
     sync_finalizer(policy, ctx).await?;
+    if policy.status.is_none() {
+        // In progress from the first look (kstatus calls a policy without status Current).
+        let generation = policy.metadata.generation.unwrap_or_default();
+        let first = status::first_look(generation, Time(k8s_openapi::jiff::Timestamp::now()));
+        patch_status(ctx, &name, &first).await?;
+    }
     let observed = observe::observe(policy, ctx, false).await?;
     let defaults = ctx.account_defaults.get(&ctx.clients.ec2).await;
     ctx.cache.lock().await.account_defaults_at(defaults.revision);
@@ -96,10 +102,12 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
         .and_then(|d| imds_core::defaults::report_for_policy(&policy.spec.metadata_options, d));
     new_status.node_classes = super::node_classes::mismatches(ctx, &observed.me).await;
     super::node_classes::publish_new(ctx, policy, &new_status.node_classes).await;
+    new_status.policy_reports = ctx.policy_reports.status_of(&name, plans.len());
     publish_conflicts(ctx, policy, &plans).await;
     publish_new_halt(ctx, policy, &progress, &new_status).await;
     patch_status(ctx, &name, &new_status).await?;
     record_gauges(ctx, &name, &new_status);
+    ctx.policy_reports.offer(policy, &plans);
     Ok(next_action(ctx, policy, &observed, &plans, &progress).await)
 }
 

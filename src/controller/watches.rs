@@ -181,6 +181,7 @@ pub async fn run(
     // lease is lost).
     let shutdown = shutdown.shared();
     let singleton = super::singleton::run(ctx.clone(), client.clone(), shutdown.clone());
+    let reports = super::policy_report_writer::run(ctx.clone(), shutdown.clone());
     let policies = Controller::for_stream(primary, policy_reader)
         .with_config(config)
         .reconcile_on(node_triggers)
@@ -194,5 +195,5 @@ pub async fn run(
             }
             future::ready(())
         });
-    future::join(policies, singleton).await;
+    future::join3(policies, singleton, reports).await;
 }

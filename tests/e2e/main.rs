@@ -10,6 +10,7 @@ mod invalid;
 mod moto_scenarios;
 mod node;
 mod observability;
+mod policy_reports;
 mod records;
 mod registry;
 mod report;

@@ -132,7 +132,7 @@ spec:
     )?;
     cluster
         .wait_status("pool-a", "reconciled with no nodes", |_, s| {
-            s.matched_nodes == 0 && !s.conditions.is_empty()
+            s.matched_nodes == 0 && condition(s, "Ready").1 == "NoNodesSelected"
         })
         .await?;
 

@@ -290,6 +290,51 @@ async fn policy_states_as_argo_cd_and_kstatus_read_them() -> Result<()> {
     judge.finish()
 }
 
+/// While the first reconcile still waits for DescribeInstances, the policy already has a status
+/// that kstatus calls InProgress (Reconciling=True NotObservedYet at its generation), not none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_marks_a_new_policy_in_progress_before_reading_ec2() -> Result<()> {
+    let kstatus = observability::tool(KSTATUS_ENV)?;
+    let cluster = Cluster::start().await?;
+    let ec2 = Ec2Double::start().await;
+    ec2.add_instance("i-00000000000000f01", v1_instance(), &[]);
+    cluster
+        .create_node(
+            "first-0",
+            &[("group", "first")],
+            Some(&provider_id("i-00000000000000f01")),
+        )
+        .await?;
+    ec2.set_latency(DESCRIBE, Duration::from_secs(10));
+    let mut operator = Operator::start(
+        &cluster,
+        &ec2.aws_env(),
+        &["--leader-election=false", "--resync-period=10m"],
+    )
+    .await?;
+    let v2 = "{httpTokens: required}";
+    cluster.apply(&policy("first", "first", v2, FAST))?;
+    wait_for(&cluster, "first", "the first look", |c| {
+        is(&c[0], "False", "NotObservedYet") && is(&c[1], "True", "NotObservedYet")
+    })
+    .await?;
+    let live: Value = serde_json::from_str(&cluster.kubectl(&["get", "imp", "first", "-o", "json"])?)?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("first-look.yaml");
+    std::fs::write(&file, yaml_for_go(&captured(&live))?)?;
+    let (status, message) = observability::kstatus(&kstatus, std::slice::from_ref(&file))?
+        .pop()
+        .context("no kstatus")?;
+    ensure!(status == "InProgress", "kstatus says {status} ({message})");
+    ec2.clear_latency();
+    wait_for(&cluster, "first", "Ready", |c| {
+        is(&c[0], "True", "Compliant") || is(&c[0], "False", "Drifted")
+    })
+    .await?;
+    operator.ensure_running()?;
+    Ok(())
+}
+
 /// The shipped alerts (rendered) and the dashboard: (where, expression, labels templates name).
 fn shipped_expressions() -> Result<Vec<(String, String, Vec<String>)>> {
     let rules: Value = serde_yaml::from_str(&std::fs::read_to_string(

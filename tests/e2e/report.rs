@@ -7,7 +7,7 @@ use imds_test_support::Moto;
 use imds_test_support::e2e::{Cluster, Operator};
 use std::process::Command;
 
-fn report(cluster: &Cluster, moto: &Moto, args: &[&str]) -> Result<(i32, String)> {
+pub(crate) fn report(cluster: &Cluster, moto: &Moto, args: &[&str]) -> Result<(i32, String)> {
     report_with_env(cluster, &moto.aws_env(), args)
 }
 

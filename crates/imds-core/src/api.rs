@@ -500,6 +500,11 @@ pub struct InstanceMetadataPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_classes: Vec<crate::karpenter::report::NodeClassReport>,
 
+    /// With `--policy-reports`: the wg-policy reports that list every selected node's result,
+    /// or why there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_reports: Option<crate::policy_report::status::PolicyReportsStatus>,
+
     /// When the operator last finished reconciling this policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
@@ -588,15 +593,7 @@ pub struct FieldDrift {
     pub desired: String,
 }
 
-/// Condition types (kstatus).
-pub mod condition {
-    /// Every selected instance matches the policy and its options are applied.
-    pub const READY: &str = "Ready";
-    /// The operator is changing instances or waiting for changes to apply.
-    pub const RECONCILING: &str = "Reconciling";
-    /// Progress needs a person.
-    pub const STALLED: &str = "Stalled";
-}
+pub mod condition;
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@
 //! - [`observation`]: what observe hands to planning (nodes, instances, classified failures).
 //! - [`selection`]: which policies select a node and which one decides each option.
 //! - [`plan`]: per node, its state and the request to send; [`plan::guards`] checks requests.
+//! - [`policy_report`]: node plans → wg-policy `ClusterPolicyReport`s (sharded, timestamps kept).
 //! - [`rollout`]: staged rollout budget, settle and halt decisions.
 //! - [`requeue`]: when to look again (backoff per failure kind).
 //! - [`record`]: what the operator changed on an instance (originals, who, the last request).
@@ -39,6 +40,7 @@ pub mod node;
 pub mod observation;
 pub mod options;
 pub mod plan;
+pub mod policy_report;
 pub mod provider_id;
 pub mod reason;
 pub mod record;

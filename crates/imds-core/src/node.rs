@@ -1,5 +1,5 @@
 //! What the operator keeps of a Node. Clusters of 5,000 nodes are normal: a Node is read
-//! narrowly from the watch ([`SlimNode`]) and kept as [`NodeFacts`] — name, labels (interned,
+//! narrowly from the watch ([`SlimNode`]) and kept as [`NodeFacts`] — name, uid, labels (interned,
 //! see [`crate::labels`]), providerID and readiness — and nothing else.
 
 use crate::labels::{Interner, Labels};
@@ -16,6 +16,8 @@ use std::sync::Arc;
 pub struct NodeFacts {
     /// `metadata.name`.
     pub name: Arc<str>,
+    /// `metadata.uid` (policy reports name the Node by it).
+    pub uid: Option<Arc<str>>,
     /// `metadata.labels`.
     pub labels: Labels,
     /// `spec.providerID`.
@@ -30,6 +32,7 @@ impl NodeFacts {
     pub fn of_node(node: &Node) -> NodeFacts {
         NodeFacts {
             name: node.name_any().into(),
+            uid: node.metadata.uid.as_deref().map(Arc::from),
             labels: Labels::from(node.labels()),
             provider_id: node.spec.as_ref().and_then(|s| s.provider_id.as_deref()).map(Arc::from),
             ready: node
@@ -72,6 +75,7 @@ impl SlimNode {
     pub fn facts(&self, interner: &mut Interner) -> NodeFacts {
         NodeFacts {
             name: interner.intern(self.metadata.name.as_deref().unwrap_or_default()),
+            uid: self.metadata.uid.as_deref().map(Arc::from),
             labels: interner.labels(self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
             provider_id: self.provider_id.as_deref().map(Arc::from),
             ready: self.ready,

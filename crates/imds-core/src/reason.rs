@@ -14,7 +14,8 @@ pub enum Reason {
     Drifted,
     /// Node, `Ready` and `Reconciling`: EC2 reports the last change as pending.
     Pending,
-    /// Node: the instance's options have not been read yet.
+    /// Node: the instance's options have not been read yet. `Ready` and `Reconciling`: the
+    /// operator's first look at a policy, before it read the selected instances.
     NotObservedYet,
     /// `Ready`: some nodes failed.
     Failed,

@@ -51,6 +51,7 @@ pub fn summarize(
         non_compliant_nodes: Vec::new(),
         account_defaults: None,
         node_classes: Vec::new(),
+        policy_reports: None,
         last_sync_time: Some(now.clone()),
         conditions: Vec::new(),
     };
@@ -77,6 +78,34 @@ pub fn summarize(
         })
         .collect();
     status
+}
+
+/// The status written when the operator first sees a policy (it has none), before any EC2 read
+/// or request: `Reconciling=True` from the first look rather than from the end of the first
+/// reconcile (which reads and changes instances at the EC2 rate limit), because kstatus — and so
+/// Flux — calls an object without status or conditions Current.
+pub fn first_look(generation: i64, now: Time) -> InstanceMetadataPolicyStatus {
+    let message = "the operator has not read the selected instances yet".to_string();
+    let wanted = [
+        (condition::READY, false, Reason::NotObservedYet, message.clone()),
+        (condition::RECONCILING, true, Reason::NotObservedYet, message),
+        (
+            condition::STALLED,
+            false,
+            Reason::NoBlockers,
+            "nothing needs a person".to_string(),
+        ),
+    ];
+    InstanceMetadataPolicyStatus {
+        observed_generation: Some(generation),
+        conditions: wanted
+            .into_iter()
+            .map(|(type_, is_true, reason, message)| {
+                condition_with_history(&[], type_, is_true, reason, message, generation, &now)
+            })
+            .collect(),
+        ..Default::default()
+    }
 }
 
 /// What a reconcile of an `onDelete: Restore` policy being deleted did.
@@ -686,5 +715,34 @@ mod tests {
         assert_eq!(cond(&s, "Stalled").reason, "RolloutHalted");
         assert!(cond(&s, "Stalled").message.contains("abandon-restore"), "{s:?}");
         assert_eq!(cond(&s, "Reconciling").status, "False");
+    }
+
+    #[test]
+    fn the_first_look_is_in_progress_at_the_policys_generation() {
+        let s = first_look(4, at(100));
+        assert_eq!(s.observed_generation, Some(4));
+        let judged: Vec<(&str, &str, &str)> = s
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect();
+        assert_eq!(
+            judged,
+            vec![
+                ("Ready", "False", "NotObservedYet"),
+                ("Reconciling", "True", "NotObservedYet"),
+                ("Stalled", "False", "NoBlockers"),
+            ]
+        );
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(4) && c.last_transition_time == at(100))
+        );
+        assert_eq!(
+            (s.matched_nodes, s.last_sync_time.clone()),
+            (0, None),
+            "nothing observed yet"
+        );
     }
 }

@@ -59,7 +59,8 @@ pub const POLICY_STATES: [PolicyState; 10] = [
     state("no-status", "Progressing", "InProgress").gap(
         "Current",
         "kstatus calls an object without status.observedGeneration and conditions Current (it \
-         cannot tell a CRD that has no status from one not reconciled yet)",
+         cannot tell a CRD that has no status from one not reconciled yet); the operator writes \
+         Reconciling=True NotObservedYet at its first look, so this lasts until it sees the policy",
     ),
     state("stale-generation", "Progressing", "InProgress"),
     state("compliant", "Healthy", "Current"),

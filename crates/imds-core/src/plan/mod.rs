@@ -32,6 +32,28 @@ pub enum NodeState {
     Compliant,
 }
 
+impl NodeState {
+    /// The state's name, as `imds-operator report` and policy reports write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Failed => "Failed",
+            NodeState::Conflict => "Conflict",
+            NodeState::Blocked => "Blocked",
+            NodeState::Drifted => "Drifted",
+            NodeState::Pending => "Pending",
+            NodeState::Skipped => "Skipped",
+            NodeState::Compliant => "Compliant",
+        }
+    }
+}
+
+/// `option: observed → desired`, as `imds-operator report` and policy reports write a drift.
+impl std::fmt::Display for FieldDrift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} → {}", self.field, self.observed, self.desired)
+    }
+}
+
 /// The plan for one selected node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodePlan {
@@ -89,6 +111,19 @@ impl NodePlan {
             (None, Some(warning)) => Some(warning.to_string()),
             (message, None) => message.clone(),
         }
+    }
+
+    /// What keeps the node from complying, `reason: message`, when something does (not for a
+    /// compliant node, nor for a drifted one that only waits for its request).
+    pub fn blocker(&self) -> Option<String> {
+        if matches!(self.state, NodeState::Compliant | NodeState::Drifted) {
+            return None;
+        }
+        Some(format!(
+            "{}: {}",
+            self.reason,
+            self.report_message().unwrap_or_default()
+        ))
     }
 
     /// Marks a plan whose request was not sent in this reconcile as waiting (for the rollout,
