@@ -220,15 +220,19 @@ async fn out_of_band_change_is_reverted_at_resync() -> Result<()> {
     cluster.apply(REQUIRE_V2)?;
     wait_imds(&ec2, &ids[0], ("required", 2), CONVERGE).await?;
 
-    // Someone re-enables IMDSv1 from the console: nothing in the cluster changes.
-    ec2.modify_instance_metadata_options()
+    // Someone re-enables IMDSv1 from the console: nothing in the cluster changes. (EC2's answer
+    // says it took; a read-back could already see the operator's next resync put it right.)
+    let answer = ec2
+        .modify_instance_metadata_options()
         .instance_id(&ids[0])
         .http_tokens(HttpTokensState::Optional)
         .http_put_response_hop_limit(1)
         .http_endpoint(InstanceMetadataEndpointState::Enabled)
         .send()
         .await?;
-    assert_eq!(imds(&ec2, &ids[0]).await?, ("optional".to_string(), 1));
+    let taken = answer.instance_metadata_options();
+    assert_eq!(taken.and_then(|o| o.http_tokens()), Some(&HttpTokensState::Optional));
+    assert_eq!(taken.and_then(|o| o.http_put_response_hop_limit()), Some(1));
     wait_imds(&ec2, &ids[0], ("required", 2), CONVERGE).await?;
     operator.ensure_running()?;
     Ok(())
