@@ -95,6 +95,13 @@ pub fn observed_from(response: Option<&InstanceMetadataOptionsResponse>) -> Obse
     }
 }
 
+/// The configuration of an EC2 write: one attempt. A throttled write waits for the (cut) client
+/// rate and the next reconcile, not for the SDK's immediate retries (each another throttled call
+/// in a shared account); a failed one is retried by the controller's backoff.
+pub(super) fn one_attempt() -> aws_sdk_ec2::config::Builder {
+    aws_sdk_ec2::config::Config::builder().retry_config(RetryConfig::standard().with_max_attempts(1))
+}
+
 /// The EC2 API, rate-limited and counted.
 #[derive(Clone, Debug)]
 pub struct Ec2 {
@@ -310,12 +317,7 @@ impl Ec2 {
             .dry_run(dry_run)
             .customize()
             .interceptor(self.fence.clone())
-            // One attempt: a throttled write waits for the (cut) client rate and the next
-            // reconcile, not for the SDK's immediate retries (each another throttled call in a
-            // shared account); a failed one is retried by the controller's backoff.
-            .config_override(
-                aws_sdk_ec2::config::Config::builder().retry_config(RetryConfig::standard().with_max_attempts(1)),
-            )
+            .config_override(one_attempt())
             .send()
             .await
             .map_err(|e| from_sdk(Service::Ec2, OPERATION, e));

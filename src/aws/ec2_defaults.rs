@@ -2,9 +2,8 @@
 //! DescribeInstances limiter) and `ModifyInstanceMetadataDefaults` (a write: through the write
 //! fence and a limiter of its own, below EC2's bucket of 2 per second).
 
-use super::ec2::Ec2;
+use super::ec2::{Ec2, one_attempt};
 use super::error::{AwsError, AwsErrorKind, Service, from_sdk};
-use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::types::{
     DefaultInstanceMetadataEndpointState, DefaultInstanceMetadataTagsState, InstanceMetadataDefaultsResponse,
     MetadataDefaultHttpTokensState,
@@ -73,10 +72,7 @@ impl Ec2 {
             .dry_run(dry_run)
             .customize()
             .interceptor(self.fence.clone())
-            // One attempt, as for ModifyInstanceMetadataOptions: the controller's backoff retries.
-            .config_override(
-                aws_sdk_ec2::config::Config::builder().retry_config(RetryConfig::standard().with_max_attempts(1)),
-            )
+            .config_override(one_attempt())
             .send()
             .await
             .map_err(|e| from_sdk(Service::Ec2, OPERATION, e));
