@@ -769,3 +769,73 @@ async fn double_answers_malformed_requests_with_errors() {
     double.clear_requests();
     assert!(double.requests().is_empty());
 }
+
+/// The lean reading of DescribeInstances answers (`aws::describe_answer`, one quick-xml pass) and
+/// the SDK's full one agree, on moto's answers, on everything the operator reads: state, the five
+/// options and their state, launch time, and the kept tags with their (escaped) values; the
+/// other tags are dropped.
+#[tokio::test]
+async fn moto_lean_and_sdk_readings_of_describe_agree() -> Result<()> {
+    use imds_operator::aws::describe_answer::LeanDescribeAnswers;
+    let moto = Moto::start()?;
+    let record_tag = imds_operator::aws::ec2::ORIGINAL_OPTIONS_TAG;
+    let tags = [
+        ("Name", "a & b <node>"),
+        ("kubernetes.io/cluster/demo", "owned"),
+        ("aws:ec2launchtemplate:id", "lt-0abc & \"q\""),
+        ("team/owner", "not kept: a second unservable key"),
+        (record_tag, "{\"httpTokens\":\"optional\"}"),
+    ];
+    let ids = moto.run_instances(3, &tags).await?;
+    let client = moto.ec2_client().await;
+    let full = client
+        .describe_instances()
+        .set_instance_ids(Some(ids.clone()))
+        .send()
+        .await?;
+    let lean = client
+        .describe_instances()
+        .set_instance_ids(Some(ids.clone()))
+        .customize()
+        .interceptor(LeanDescribeAnswers)
+        .send()
+        .await?;
+    let instances = |o: &aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput| {
+        o.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (full, lean) = (instances(&full), instances(&lean));
+    assert_eq!(full.len(), 3);
+    assert_eq!(lean.len(), 3);
+    let pairs = |i: &aws_sdk_ec2::types::Instance| {
+        i.tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or("").to_string(), t.value().unwrap_or("").to_string()))
+            .collect::<Vec<_>>()
+    };
+    for (f, l) in full.iter().zip(&lean) {
+        assert_eq!(f.instance_id(), l.instance_id());
+        assert_eq!(f.state().and_then(|s| s.name()), l.state().and_then(|s| s.name()));
+        assert_eq!(f.metadata_options(), l.metadata_options(), "{:?}", f.instance_id());
+        assert_eq!(f.launch_time(), l.launch_time());
+        assert_eq!(pairs(f).len(), tags.len(), "moto answers every tag");
+        // Kept: the launch source's and the record's tags, and the first key (in EC2's order)
+        // IMDS cannot serve, whichever of the two slashed keys moto lists first.
+        let first_unservable = pairs(f).into_iter().map(|(k, _)| k).find(|k| k.contains('/'));
+        let kept: Vec<(String, String)> = pairs(f)
+            .into_iter()
+            .filter(|(k, _)| {
+                ["aws:ec2launchtemplate:id", record_tag].contains(&k.as_str()) || Some(k) == first_unservable.as_ref()
+            })
+            .collect();
+        assert_eq!(pairs(l), kept, "{:?}", f.instance_id());
+        assert!(
+            kept.iter().any(|(_, v)| v == "lt-0abc & \"q\""),
+            "escaped values read back"
+        );
+    }
+    Ok(())
+}

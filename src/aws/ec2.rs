@@ -2,6 +2,7 @@
 //! side rate limits, and the classification of EC2 errors into what the controller does next.
 
 use super::attempts::AttemptMetrics;
+use super::describe_answer::LeanDescribeAnswers;
 use super::error::{AwsError, AwsErrorKind, Service, from_sdk};
 use super::fence::WriteFence;
 use super::ratelimit::RateLimiter;
@@ -28,10 +29,7 @@ pub const DEFAULTS_MODIFY_BURST: u32 = 2;
 /// Page size of DescribeInstances.
 const PAGE_SIZE: i32 = 1000;
 
-/// The instance tag in which versions before 0.2 recorded an instance's original options. It is
-/// never read now (anyone with `ec2:CreateTags` could forge it); the record is kept in the cluster
-/// (`controller::records`).
-pub const ORIGINAL_OPTIONS_TAG: &str = "imds-operator.io:original-options";
+pub use super::describe_answer::{ORIGINAL_OPTIONS_TAG, READ_TAG_KEYS};
 
 /// What DescribeInstances says of one instance, beyond the options.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -47,9 +45,6 @@ pub struct InstanceFacts {
     /// The launch template, node group, `EC2NodeClass` or Auto Scaling group its tags name.
     pub launch_source: Option<LaunchSource>,
 }
-
-/// The tag keys [`InstanceFacts::tag_keys`] always keeps.
-pub const READ_TAG_KEYS: &[&str] = &[ORIGINAL_OPTIONS_TAG];
 
 /// The keys of `tags` the operator reads (see [`InstanceFacts::tag_keys`]), in EC2's order.
 fn read_tag_keys(tags: &[aws_sdk_ec2::types::Tag]) -> Vec<String> {
@@ -253,6 +248,8 @@ impl Ec2 {
                 .filters(filter)
                 .max_results(PAGE_SIZE)
                 .set_next_token(next_token.take())
+                .customize()
+                .interceptor(LeanDescribeAnswers)
                 .send()
                 .await
                 .map_err(|e| from_sdk(Service::Ec2, "DescribeInstances", e));

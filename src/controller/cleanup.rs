@@ -396,11 +396,11 @@ async fn abandon(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<(), R
     let observed = observe(policy, ctx, true).await?;
     let left: Vec<String> = ctx
         .records
-        .valid(&observed.instance_ids)
+        .valid_where(&observed.instance_ids, |r| {
+            r.options.values().any(|e| e.by.contains(&deleted))
+        })
         .await
-        .into_iter()
-        .filter(|(_, r)| r.options.values().any(|e| e.by.contains(&deleted)))
-        .map(|(id, _)| id)
+        .into_keys()
         .collect();
     let mut shown: Vec<&str> = left.iter().map(String::as_str).collect();
     shown.sort();

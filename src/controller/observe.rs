@@ -92,8 +92,8 @@ pub async fn refresh(ctx: &Context, instance_ids: &[String], all: bool) -> Vec<S
     } else {
         ctx.config.resync_period.mul_f64(0.9)
     };
-    let records = ctx.records.valid(instance_ids).await;
-    let unanswered = records.iter().filter(|(_, r)| has_sent(r)).map(|(id, _)| id.clone());
+    let records = ctx.records.valid_where(instance_ids, has_sent).await;
+    let unanswered = records.keys().cloned();
     let mut stale = ctx.cache.lock().await.stale(instance_ids, Instant::now(), max_age);
     stale.extend(unanswered);
     stale.sort();
@@ -123,7 +123,7 @@ pub async fn refresh(ctx: &Context, instance_ids: &[String], all: bool) -> Vec<S
         let cache = ctx.cache.lock().await;
         shown
             .keys()
-            .filter(|id| records.get(*id).is_some_and(has_sent) && !cache.is_claimed(id))
+            .filter(|id| records.contains_key(*id) && !cache.is_claimed(id))
             .cloned()
             .collect()
     };

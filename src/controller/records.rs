@@ -39,8 +39,44 @@ pub fn shard_of(instance_id: &str) -> usize {
 struct Shard {
     /// The resourceVersion of the ConfigMap as last read or written (`None`: it does not exist).
     resource_version: Option<String>,
-    /// Instance id → stored record text.
-    entries: BTreeMap<String, String>,
+    /// Instance id → its record, parsed once when read (every reconcile reads the records of
+    /// all its instances several times).
+    entries: BTreeMap<String, Stored>,
+}
+
+/// One stored record.
+#[derive(Debug, Clone)]
+enum Stored {
+    Valid(InstanceRecord),
+    /// Kept as written (it is never applied, and a write of its shard leaves it as it was).
+    Invalid {
+        text: String,
+        why: InvalidRecord,
+    },
+}
+
+impl Stored {
+    fn parse(id: &str, text: String) -> Stored {
+        match InstanceRecord::parse(id, &text) {
+            Ok(record) => Stored::Valid(record),
+            Err(why) => Stored::Invalid { text, why },
+        }
+    }
+
+    fn record(&self) -> Result<&InstanceRecord, &InvalidRecord> {
+        match self {
+            Stored::Valid(record) => Ok(record),
+            Stored::Invalid { why, .. } => Err(why),
+        }
+    }
+
+    /// The ConfigMap value.
+    fn text(&self) -> String {
+        match self {
+            Stored::Valid(record) => record.to_json(),
+            Stored::Invalid { text, .. } => text.clone(),
+        }
+    }
 }
 
 /// What a write achieved.
@@ -82,16 +118,12 @@ impl RecordStore {
         &self,
         ids: impl IntoIterator<Item = &'a String>,
     ) -> HashMap<String, Result<InstanceRecord, InvalidRecord>> {
-        let mut by_shard: BTreeMap<usize, Vec<&String>> = BTreeMap::new();
-        for id in ids {
-            by_shard.entry(shard_of(id)).or_default().push(id);
-        }
         let mut out = HashMap::new();
-        for (index, ids) in by_shard {
+        for (index, ids) in by_shard(ids) {
             let shard = self.shards[index].lock().await;
             for id in ids {
                 let record = match shard.entries.get(id) {
-                    Some(text) => InstanceRecord::parse(id, text),
+                    Some(stored) => stored.record().cloned().map_err(Clone::clone),
                     None => Ok(InstanceRecord::default()),
                 };
                 out.insert(id.clone(), record);
@@ -100,13 +132,25 @@ impl RecordStore {
         out
     }
 
-    /// The valid records of `ids` (an invalid one is reported where it would be used).
-    pub async fn valid<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> HashMap<String, InstanceRecord> {
-        self.get_many(ids)
-            .await
-            .into_iter()
-            .filter_map(|(id, r)| Some((id, r.ok()?)))
-            .collect()
+    /// The valid stored records of `ids` that `keep` accepts (an instance with no record, or
+    /// an invalid one, is absent: an invalid record is reported where it would be used).
+    pub async fn valid_where<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a String>,
+        keep: impl Fn(&InstanceRecord) -> bool,
+    ) -> HashMap<String, InstanceRecord> {
+        let mut out = HashMap::new();
+        for (index, ids) in by_shard(ids) {
+            let shard = self.shards[index].lock().await;
+            for id in ids {
+                if let Some(Stored::Valid(record)) = shard.entries.get(id)
+                    && keep(record)
+                {
+                    out.insert(id.clone(), record.clone());
+                }
+            }
+        }
+        out
     }
 
     /// The record of one instance.
@@ -140,17 +184,14 @@ impl RecordStore {
         ids: &[String],
         change: impl Fn(&str, &InstanceRecord) -> Option<InstanceRecord> + Sync,
     ) -> Written {
-        let mut by_shard: BTreeMap<usize, Vec<&String>> = BTreeMap::new();
-        for id in ids {
-            by_shard.entry(shard_of(id)).or_default().push(id);
-        }
         let change = &change;
-        let writes = by_shard.into_iter().map(|(index, ids)| async move {
+        let writes = by_shard(ids).into_iter().map(|(index, ids)| async move {
             let compute = |shard: &Shard| -> Vec<(String, InstanceRecord)> {
                 ids.iter()
                     .filter_map(|id| {
                         let current = match shard.entries.get(*id) {
-                            Some(text) => InstanceRecord::parse(id, text).ok()?,
+                            Some(Stored::Valid(record)) => record.clone(),
+                            Some(Stored::Invalid { .. }) => return None,
                             None => InstanceRecord::default(),
                         };
                         let next = change(id, &current).filter(|next| *next != current)?;
@@ -203,7 +244,7 @@ impl RecordStore {
                 if record.is_empty() {
                     next.entries.remove(id);
                 } else {
-                    next.entries.insert(id.clone(), record.to_json());
+                    next.entries.insert(id.clone(), Stored::Valid(record.clone()));
                 }
             }
             match self.send_shard(&name, &next).await {
@@ -237,7 +278,7 @@ impl RecordStore {
                 ),
                 ..Default::default()
             },
-            data: Some(shard.entries.clone()),
+            data: Some(shard.entries.iter().map(|(id, s)| (id.clone(), s.text())).collect()),
             ..Default::default()
         };
         let stored = match shard.resource_version {
@@ -248,11 +289,28 @@ impl RecordStore {
     }
 }
 
+/// `ids` grouped by their shard.
+fn by_shard<'a>(ids: impl IntoIterator<Item = &'a String>) -> BTreeMap<usize, Vec<&'a String>> {
+    let mut grouped: BTreeMap<usize, Vec<&String>> = BTreeMap::new();
+    for id in ids {
+        grouped.entry(shard_of(id)).or_default().push(id);
+    }
+    grouped
+}
+
 async fn read_shard(api: &Api<ConfigMap>, name: &str) -> Result<Shard, kube::Error> {
     Ok(match api.get_opt(name).await? {
         Some(cm) => Shard {
             resource_version: cm.metadata.resource_version,
-            entries: cm.data.unwrap_or_default(),
+            entries: cm
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(id, text)| {
+                    let stored = Stored::parse(&id, text);
+                    (id, stored)
+                })
+                .collect(),
         },
         None => Shard::default(),
     })

@@ -38,7 +38,7 @@ pub async fn revert_rejecting(
     if ids.is_empty() {
         return;
     }
-    let records = ctx.records.valid(&ids).await;
+    let records = ctx.records.valid_where(&ids, |r| r.change.is_some()).await;
     for id in &ids {
         let Some(node) = records.get(id).and_then(|r| r.change.as_ref()).map(|c| c.node.clone()) else {
             continue;
@@ -186,7 +186,7 @@ pub async fn hold_reverted(ctx: &Context, plans: &mut [NodePlan]) {
     let ids: Vec<String> = plans.iter().filter_map(|p| p.instance_id.clone()).collect();
     let held: HashMap<String, RevertHold> = ctx
         .records
-        .valid(&ids)
+        .valid_where(&ids, |r| r.reverted.is_some())
         .await
         .into_iter()
         .filter_map(|(id, r)| Some((id, r.reverted?)))

@@ -71,7 +71,10 @@ pub async fn state(policy: &InstanceMetadataPolicy, ctx: &Context, observed: &Ob
         annotation: policy.annotations().get(RESUME_ANNOTATION).cloned(),
     };
     let window = Duration::from_secs(policy.spec.rollout.halt_on_not_ready_within_seconds.max(0) as u64);
-    let records = ctx.records.valid(&observed.instance_ids).await;
+    let records = ctx
+        .records
+        .valid_where(&observed.instance_ids, |r| r.change.is_some())
+        .await;
     let now = Timestamp::now();
     let recent = recent_changes(&records, now);
     let is_ready = |node: &str| observed.readiness.get(node).copied().flatten();
@@ -152,15 +155,10 @@ pub async fn changing(
 ) -> HashSet<String> {
     let settle = Duration::from_secs(policy.spec.rollout.settle_seconds.max(0) as u64);
     let now = Timestamp::now();
-    ctx.records
-        .valid(ids)
-        .await
-        .into_iter()
-        .filter(|(_, r)| {
-            r.change
-                .as_ref()
-                .is_some_and(|c| record::in_flight_until_verified(c, now, settle, verify))
-        })
-        .map(|(id, _)| id)
-        .collect()
+    let counts = |r: &InstanceRecord| {
+        r.change
+            .as_ref()
+            .is_some_and(|c| record::in_flight_until_verified(c, now, settle, verify))
+    };
+    ctx.records.valid_where(ids, counts).await.into_keys().collect()
 }
