@@ -33,7 +33,7 @@ use std::time::Instant;
 use common::Report;
 
 /// Every figure, in the order they run.
-const FIGURES: [&str; 8] = ["P1", "PEER", "P1U", "P2", "P3", "P4", "P5", "P5X"];
+const FIGURES: [&str; 9] = ["P1", "PEER", "P1U", "P2", "P2R", "P3", "P4", "P5", "P5X"];
 
 /// The figures to run: `IMDS_BENCH` (comma-separated, case-insensitive), default all.
 pub struct Selection(BTreeSet<String>);
@@ -77,10 +77,12 @@ fn main() {
         if let Err(e) = p1::run(&selection, &mut report).await {
             report.failed("P1", &e);
         }
-        if selection.has("P2")
-            && let Err(e) = p2::run(&mut report).await
-        {
-            report.failed("P2", &e);
+        for (figure, records) in [("P2", false), ("P2R", true)] {
+            if selection.has(figure)
+                && let Err(e) = p2::run(&mut report, records).await
+            {
+                report.failed(figure, &e);
+            }
         }
         if selection.has("P3")
             && let Err(e) = p3::run(&mut report).await

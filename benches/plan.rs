@@ -69,7 +69,7 @@ fn cluster(nodes: usize) -> (Vec<NodeInput>, HashMap<String, Observation>) {
 fn time_plan(nodes: usize, policies: &[PolicyInput], rounds: u32) -> Duration {
     let (list, obs) = cluster(nodes);
     let refusals = HashMap::new();
-    let facts = HashMap::new();
+    let facts = imds_core::plan::guards::NoGuardFacts;
     let start = Instant::now();
     let mut planned = 0;
     for _ in 0..rounds {

@@ -4,19 +4,28 @@
 //!
 //! One resync is measured from the end of one burst of DescribeInstances to the end of the
 //! next (a burst ends when no call came for [`QUIET`]), after a first resync has passed.
+//!
+//! P2R is the same with the records of a fleet the operator converged itself: before it starts,
+//! every instance gets the record the operator writes when it moves an instance to IMDSv2 (the
+//! original `httpTokens`, the accepted request, a day old), in the operator's ConfigMaps.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use imds_core::record::{ChangeRecord, ChangeState, InstanceRecord, OptionRecord};
+use imds_operator::controller::records::{SHARDS, shard_name, shard_of};
 use imds_test_support::Ec2Double;
-use imds_test_support::e2e::Operator;
+use imds_test_support::e2e::{Cluster, Operator};
 use imds_test_support::ec2_double::{DESCRIBE, MODIFY};
 use imds_test_support::nodes::EksFleet;
 use imds_test_support::procstat;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ObjectMeta, PostParams};
+use std::collections::BTreeMap;
 
 use crate::common::{
-    Report, account_double, add_instances, apply_policy, cluster_with_nodes, compliant, env_or, ratio, show_ratio,
-    size, start_operator, wait_compliant,
+    POLICY, Report, account_double, add_instances, apply_policy, cluster_with_nodes, compliant, env_or, ratio,
+    show_ratio, size, start_operator, wait_compliant,
 };
 
 /// No DescribeInstances for this long ends a burst.
@@ -56,20 +65,65 @@ async fn next_burst_end(double: &Ec2Double, operator: &mut Operator, timeout: Du
     }
 }
 
-/// Runs P2 on `IMDS_BENCH_P2_NODES` (default 5000) nodes with `IMDS_BENCH_P2_RESYNC` (default
-/// 20s).
-pub async fn run(report: &mut Report) -> Result<()> {
+/// Writes, for instances `0..n` of `fleet`, the record the operator keeps after moving each to
+/// IMDSv2 a day ago, into its ConfigMaps (`default/imds-operator-records-*`).
+async fn seed_records(cluster: &Cluster, fleet: &EksFleet, n: usize) -> Result<()> {
+    let at = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_hours(24);
+    let mut shards: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); SHARDS];
+    for i in 0..n {
+        let id = fleet.instance_id(i);
+        let original = OptionRecord {
+            original: "optional".into(),
+            by: [POLICY.to_string()].into(),
+        };
+        let record = InstanceRecord {
+            options: [("httpTokens".to_string(), original)].into(),
+            change: Some(ChangeRecord::new(
+                POLICY,
+                &fleet.node_name(i),
+                at,
+                true,
+                &compliant(),
+                ChangeState::Accepted,
+            )),
+            reverted: None,
+        };
+        shards[shard_of(&id)].insert(id, record.to_json());
+    }
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "default");
+    for (index, data) in shards.into_iter().enumerate() {
+        let object = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(shard_name("imds-operator", index)),
+                labels: Some([("imds-operator.io/records".to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            data: Some(data),
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &object).await?;
+    }
+    Ok(())
+}
+
+/// Runs P2 (P2R with `records`) on `IMDS_BENCH_P2_NODES` (default 5000) nodes with
+/// `IMDS_BENCH_P2_RESYNC` (default 20s).
+pub async fn run(report: &mut Report, records: bool) -> Result<()> {
     let n = size("IMDS_BENCH_P2_NODES", 5000)?;
     let resync = env_or("IMDS_BENCH_P2_RESYNC", "20s");
     let period = humantime::parse_duration(&resync)?;
+    let figure = if records { "P2R" } else { "P2" };
     let fleet = EksFleet::new("p2");
     let double = account_double(true)?;
     add_instances(&double, &fleet, 0..n, compliant());
     let cluster = cluster_with_nodes(&fleet, n).await?;
+    if records {
+        seed_records(&cluster, &fleet, n).await?;
+    }
     apply_policy(&cluster).await?;
     let mut operator = start_operator(&cluster, &double, "operator", &[&format!("--resync-period={resync}")]).await?;
     let converged = wait_compliant(&cluster, n, Duration::from_secs(300)).await?;
-    eprintln!("  [p2] {n} nodes compliant after {:.1}s", converged.as_secs_f64());
+    eprintln!("  [{figure}] {n} nodes compliant after {:.1}s", converged.as_secs_f64());
     let timeout = period * 3 + Duration::from_secs(30);
     // The first resync after convergence, then one whole resync between two burst ends.
     next_burst_end(&double, &mut operator, timeout).await?;
@@ -81,7 +135,7 @@ pub async fn run(report: &mut Report) -> Result<()> {
     let bound = n.div_ceil(200);
     let throttled = double.counter(DESCRIBE).throttled;
     report.line(format!(
-        "P2 N={n} resync {:.1}s describe {describes} bound {bound} ratio {} modify {modifies} cpu {:.0}ms target 100ms ratio {} describe-throttled {throttled} (target ≤⌈N/200⌉, 0, ≤100ms)",
+        "{figure} N={n} resync {:.1}s describe {describes} bound {bound} ratio {} modify {modifies} cpu {:.0}ms target 100ms ratio {} describe-throttled {throttled} (target ≤⌈N/200⌉, 0, ≤100ms)",
         b.at.duration_since(a.at).as_secs_f64(),
         show_ratio(ratio(describes as f64, bound as f64)),
         cpu.as_secs_f64() * 1e3,

@@ -421,7 +421,7 @@ mod tests {
 
     fn report_for(policies: Vec<PolicyInput>, nodes: Vec<NodeInput>, obs: HashMap<String, Observation>) -> Report {
         let refusals = HashMap::new();
-        let facts = HashMap::new();
+        let facts = imds_core::plan::guards::NoGuardFacts;
         let plans: Vec<(String, Vec<NodePlan>)> = policies
             .iter()
             .map(|p| {

@@ -8,6 +8,7 @@ use crate::aws::ec2::Described;
 use imds_core::launch_source::LaunchSource;
 use imds_core::observation::{Failure, FailureKind, Observation};
 use imds_core::options::{ApplyState, FullOptions};
+use imds_core::plan::guards::{GuardFacts, GuardFactsSource};
 use imds_core::requeue::{backoff_base, backoff_delay};
 use imds_core::usage::UsageSeries;
 use k8s_openapi::jiff::Timestamp;
@@ -39,6 +40,28 @@ struct Backoff {
 const USAGE_TTL: Duration = Duration::from_secs(300);
 /// How long a failed CloudWatch read is reused before trying again.
 const USAGE_ERROR_TTL: Duration = Duration::from_secs(60);
+
+/// The guard facts of the cached instances, for the IMDSv1-usage lookbacks of the policies that
+/// decide; read by planning only for the instances it plans a request for.
+pub struct CachedGuardFacts<'c> {
+    cache: &'c InstanceCache,
+    lookbacks: Vec<Duration>,
+    now: Instant,
+}
+
+impl GuardFactsSource for CachedGuardFacts<'_> {
+    fn facts_of(&self, id: &str) -> GuardFacts {
+        GuardFacts {
+            tag_keys: self.cache.tag_keys(id).map(<[String]>::to_vec).unwrap_or_default(),
+            imdsv1_calls: self
+                .lookbacks
+                .iter()
+                .filter_map(|l| Some((*l, self.cache.usage(id, *l, self.now)?)))
+                .collect(),
+            launched: self.cache.launched(id),
+        }
+    }
+}
 
 /// The shared instance cache.
 #[derive(Debug, Default)]
@@ -131,6 +154,16 @@ impl InstanceCache {
     /// Stores IMDSv1 usage.
     pub fn set_usage(&mut self, id: &str, lookback: Duration, value: Result<UsageSeries, Failure>, now: Instant) {
         self.usage.insert((id.to_string(), lookback.as_secs()), (value, now));
+    }
+
+    /// The guard facts of the cached instances over `lookbacks` (sorted, without repeats), at
+    /// `now`.
+    pub fn guard_facts(&self, lookbacks: Vec<Duration>, now: Instant) -> CachedGuardFacts<'_> {
+        CachedGuardFacts {
+            cache: self,
+            lookbacks,
+            now,
+        }
     }
 
     /// The observations of `ids` that are known.

@@ -7,7 +7,7 @@ use crate::aws::ec2::ORIGINAL_OPTIONS_TAG;
 use imds_core::api::InstanceMetadataPolicy;
 use imds_core::observation::{Failure, NodeInput, Observation};
 use imds_core::options::ObservedOptions;
-use imds_core::plan::guards::{GuardFacts, parse_lookback};
+use imds_core::plan::guards::parse_lookback;
 use imds_core::plan::{self, NodePlan, PlanInput};
 use imds_core::provider_id;
 use imds_core::record::{self, ChangeState, InstanceRecord};
@@ -170,41 +170,30 @@ pub async fn plan_reading_usage(ctx: &Context, observed: &Observed) -> Vec<NodeP
 /// Plans with the cached observations and guard facts; `outcomes` overlays failures of this
 /// reconcile's requests.
 pub async fn plan_with_cache(ctx: &Context, observed: &Observed, outcomes: &HashMap<String, Failure>) -> Vec<NodePlan> {
-    let (observations, refusals, guard_facts) = {
+    let mut lookbacks: Vec<Duration> = observed
+        .policies
+        .iter()
+        .map(|p| parse_lookback(&p.guards.imdsv1_usage.lookback))
+        .collect();
+    lookbacks.sort();
+    lookbacks.dedup();
+    let mut plans = {
+        // Planning is pure and short; it reads the cache's guard facts only where it plans a
+        // request, under the lock.
         let cache = ctx.cache.lock().await;
         let now = Instant::now();
-        let mut lookbacks: Vec<Duration> = observed
-            .policies
-            .iter()
-            .map(|p| parse_lookback(&p.guards.imdsv1_usage.lookback))
-            .collect();
-        lookbacks.sort();
-        lookbacks.dedup();
-        let facts: HashMap<String, GuardFacts> = observed
-            .instance_ids
-            .iter()
-            .map(|id| {
-                let facts = GuardFacts {
-                    tag_keys: cache.tag_keys(id).map(<[String]>::to_vec).unwrap_or_default(),
-                    imdsv1_calls: lookbacks
-                        .iter()
-                        .filter_map(|l| Some((*l, cache.usage(id, *l, now)?)))
-                        .collect(),
-                    launched: cache.launched(id),
-                };
-                (id.clone(), facts)
-            })
-            .collect();
-        (cache.observations(&observed.instance_ids), cache.refusals(now), facts)
+        let observations = cache.observations(&observed.instance_ids);
+        let refusals = cache.refusals(now);
+        let guard_facts = cache.guard_facts(lookbacks, now);
+        let input = PlanInput {
+            policy: &observed.me,
+            policies: &observed.policies,
+            observations: &observations,
+            refusals: &refusals,
+            guard_facts: &guard_facts,
+        };
+        plan::plan(&input, &observed.selected)
     };
-    let input = PlanInput {
-        policy: &observed.me,
-        policies: &observed.policies,
-        observations: &observations,
-        refusals: &refusals,
-        guard_facts: &guard_facts,
-    };
-    let mut plans = plan::plan(&input, &observed.selected);
     super::revert::hold_reverted(ctx, &mut plans).await;
     for p in plans.iter_mut() {
         if let Some(failure) = p.instance_id.as_ref().and_then(|id| outcomes.get(id)) {

@@ -19,6 +19,28 @@ pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
 /// The boot window used when a policy's `ignoreAfterLaunch` cannot be parsed (the API's default).
 pub const DEFAULT_BOOT_WINDOW: Duration = Duration::from_secs(600);
 
+/// Where planning reads an instance's [`GuardFacts`]: only for an instance it plans a request
+/// for (in a quiet fleet, none), so the caller need not gather them for every instance.
+pub trait GuardFactsSource {
+    /// The facts of `instance_id` (none known: the default).
+    fn facts_of(&self, instance_id: &str) -> GuardFacts;
+}
+
+impl GuardFactsSource for std::collections::HashMap<String, GuardFacts> {
+    fn facts_of(&self, instance_id: &str) -> GuardFacts {
+        self.get(instance_id).cloned().unwrap_or_default()
+    }
+}
+
+/// No facts known of any instance.
+pub struct NoGuardFacts;
+
+impl GuardFactsSource for NoGuardFacts {
+    fn facts_of(&self, _instance_id: &str) -> GuardFacts {
+        GuardFacts::default()
+    }
+}
+
 /// What the guards know about one instance.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GuardFacts {

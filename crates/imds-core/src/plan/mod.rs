@@ -9,7 +9,7 @@ use crate::options::{ApplyState, Field, FullOptions, ObservedOptions};
 use crate::provider_id::{self, SkipReason};
 use crate::reason::Reason;
 use crate::selection::{self, FieldDecision, PolicyInput};
-use guards::{GuardFacts, GuardVerdict, GuardWarning};
+use guards::{GuardFactsSource, GuardVerdict, GuardWarning};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -157,8 +157,8 @@ pub struct PlanInput<'a, M: RefusalMemo> {
     pub observations: &'a HashMap<String, Observation>,
     /// Requests EC2 refused for good.
     pub refusals: &'a M,
-    /// Guard facts by instance ID.
-    pub guard_facts: &'a HashMap<String, GuardFacts>,
+    /// Guard facts by instance ID (read only for instances planned a request).
+    pub guard_facts: &'a dyn GuardFactsSource,
 }
 
 /// The instances whose plans wait for their IMDSv1 usage, by lookback.
@@ -333,7 +333,7 @@ fn guard<M: RefusalMemo>(
         _ => Vec::new(),
     };
     let imdsv1 = guards::imdsv1_guard(owners);
-    let facts = input.guard_facts.get(id).cloned().unwrap_or_default();
+    let facts = input.guard_facts.facts_of(id);
     match guards::check(&request, observed, imdsv1, &facts) {
         GuardVerdict::Allow => {}
         GuardVerdict::Warn(warning) => plan.warning = Some(warning),
@@ -361,6 +361,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::api::{HttpTokens, MetadataOptions, Toggle};
     use crate::fixtures::{hop, policy, tokens};
+    use crate::plan::guards::GuardFacts;
     use crate::usage::UsageSeries;
 
     const ID: &str = "i-0123456789abcdef0";
@@ -580,7 +581,7 @@ pub(crate) mod tests {
                 policies: &c.policies,
                 observations: &observations,
                 refusals: &c.refusals,
-                guard_facts: &HashMap::new(),
+                guard_facts: &guards::NoGuardFacts,
             };
             let plans = plan(&input, [&c.node]);
             assert_eq!(plans.len(), 1, "{}", c.name);
@@ -603,7 +604,7 @@ pub(crate) mod tests {
             policies: &policies,
             observations: &observations,
             refusals: &refusals,
-            guard_facts: &HashMap::new(),
+            guard_facts: &guards::NoGuardFacts,
         };
         let plans = plan(&input, [&ec2_node()]);
         let drift: Vec<(&str, &str, &str)> = plans[0]
@@ -637,7 +638,7 @@ pub(crate) mod tests {
             policies: &policies,
             observations: &observations,
             refusals: &refusals,
-            guard_facts: &HashMap::new(),
+            guard_facts: &guards::NoGuardFacts,
         };
         let names: Vec<String> = plan(&input, [&a2, &other, &a1]).into_iter().map(|p| p.node).collect();
         assert_eq!(names, vec!["a-node", "b-node"]);
@@ -665,7 +666,7 @@ pub(crate) mod tests {
             policies: &policies,
             observations: &observations,
             refusals: &refusals,
-            guard_facts: &HashMap::new(),
+            guard_facts: &guards::NoGuardFacts,
         };
         let plans = plan(&input, [&ec2_node()]);
         assert_eq!(plans[0].action, Some(full(HttpTokens::Required, 1)));
