@@ -196,14 +196,22 @@ impl OptionField {
     }
 }
 
-/// What is read of one instance so far.
+/// What is read of one instance so far (plain fields: the SDK's `Instance` builder is built once,
+/// at the end, not moved for every element).
 #[derive(Default)]
 struct InstanceReading {
-    instance: aws_sdk_ec2::types::builders::InstanceBuilder,
+    id: Option<String>,
+    state: Option<InstanceStateName>,
+    launched: Option<DateTime>,
     options: Option<aws_sdk_ec2::types::builders::InstanceMetadataOptionsResponseBuilder>,
     tags: Vec<Tag>,
     unservable_kept: bool,
-    tag: (Option<String>, Option<String>),
+    /// The key of the tag being read, when it is kept.
+    tag_key: Option<String>,
+    /// The value of the tag being read (a buffer reused across tags: most are not kept), and
+    /// whether it had one.
+    tag_value: String,
+    tag_has_value: bool,
 }
 
 /// The answer read so far.
@@ -307,7 +315,9 @@ impl AnswerReading {
             [.., Element::InstancesSet, Element::Item] => self.instance = Some(InstanceReading::default()),
             [.., Element::InstancesSet, Element::Item, Element::TagSet, Element::Item] => {
                 if let Some(instance) = &mut self.instance {
-                    instance.tag = (None, None);
+                    instance.tag_key = None;
+                    instance.tag_value.clear();
+                    instance.tag_has_value = false;
                 }
             }
             _ => {}
@@ -316,9 +326,18 @@ impl AnswerReading {
 
     fn end(&mut self) -> Result<(), AnswerError> {
         let text = std::mem::take(&mut self.text);
+        let ended = self.end_with(&text);
+        self.text = text;
+        self.text.clear();
+        self.open.pop();
+        ended
+    }
+
+    /// The end of the innermost open element, whose text is `text`.
+    fn end_with(&mut self, text: &str) -> Result<(), AnswerError> {
         match self.open.as_slice() {
             [] => return Err(AnswerError::Shape("an end tag with no open element")),
-            [Element::Response, Element::NextToken] => self.next_token = Some(text),
+            [Element::Response, Element::NextToken] => self.next_token = Some(text.to_string()),
             [.., Element::ReservationSet, Element::Item] => {
                 let instances = std::mem::take(&mut self.instances);
                 self.reservations
@@ -326,8 +345,7 @@ impl AnswerReading {
             }
             [.., Element::InstancesSet, Element::Item] => {
                 if let Some(instance) = self.instance.take() {
-                    self.instances
-                        .push(instance.instance.set_tags(Some(instance.tags)).build());
+                    self.instances.push(instance.build());
                 }
             }
             [.., Element::InstancesSet, Element::Item, field] => {
@@ -343,10 +361,7 @@ impl AnswerReading {
                 Element::Name,
             ] => {
                 if let Some(instance) = &mut self.instance {
-                    let state = InstanceState::builder()
-                        .name(InstanceStateName::from(text.as_str()))
-                        .build();
-                    instance.instance = std::mem::take(&mut instance.instance).state(state);
+                    instance.state = Some(InstanceStateName::from(text));
                 }
             }
             [
@@ -357,7 +372,7 @@ impl AnswerReading {
                 Element::Option(field),
             ] => {
                 if let Some(instance) = &mut self.instance {
-                    instance.end_option(*field, &text)?;
+                    instance.end_option(*field, text)?;
                 }
             }
             [
@@ -379,25 +394,25 @@ impl AnswerReading {
             }
             _ => {}
         }
-        self.open.pop();
         Ok(())
     }
 }
 
 impl InstanceReading {
     /// The end of a direct child of the instance's `item`.
-    fn end_field(&mut self, field: Element, text: String) -> Result<(), AnswerError> {
-        let instance = std::mem::take(&mut self.instance);
-        self.instance = match field {
-            Element::InstanceId => instance.instance_id(text),
+    fn end_field(&mut self, field: Element, text: &str) -> Result<(), AnswerError> {
+        match field {
+            Element::InstanceId => self.id = Some(text.to_string()),
             Element::LaunchTime => {
-                let launched = DateTime::from_str(&text, Format::DateTimeWithOffset)
+                let launched = DateTime::from_str(text, Format::DateTimeWithOffset)
                     .map_err(|_| AnswerError::Shape("launchTime is not a timestamp"))?;
-                instance.launch_time(launched)
+                self.launched = Some(launched);
             }
-            Element::MetadataOptions => instance.metadata_options(self.options.take().unwrap_or_default().build()),
-            _ => instance,
-        };
+            Element::MetadataOptions => {
+                self.options.get_or_insert_with(Default::default);
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -419,26 +434,46 @@ impl InstanceReading {
         Ok(())
     }
 
-    /// The end of a tag's `key` or `value`.
-    fn end_tag_field(&mut self, field: Element, text: String) {
+    /// The end of a tag's `key` (kept only when [`kept_tag`] says so) or `value`.
+    fn end_tag_field(&mut self, field: Element, text: &str) {
         match field {
-            Element::Key => self.tag.0 = Some(text),
-            Element::Value => self.tag.1 = Some(text),
+            Element::Key if kept_tag(text, !self.unservable_kept) => self.tag_key = Some(text.to_string()),
+            Element::Key => self.tag_key = None,
+            Element::Value => {
+                self.tag_value.clear();
+                self.tag_value.push_str(text);
+                self.tag_has_value = true;
+            }
             _ => {}
         }
     }
 
-    /// The end of a tag: kept when [`kept_tag`] says so.
+    /// The end of a tag: kept when its key is.
     fn end_tag(&mut self) {
-        let (key, value) = std::mem::take(&mut self.tag);
-        let Some(key) = key else {
-            return;
-        };
-        if kept_tag(&key, !self.unservable_kept) {
+        if let Some(key) = self.tag_key.take() {
             self.unservable_kept |= !imds_core::plan::guards::servable_tag_key(&key);
+            let value = self.tag_has_value.then(|| self.tag_value.clone());
             self.tags.push(Tag::builder().key(key).set_value(value).build());
         }
+        self.tag_value.clear();
+        self.tag_has_value = false;
+    }
+
+    /// The SDK's instance.
+    fn build(self) -> Instance {
+        let mut instance = Instance::builder()
+            .set_instance_id(self.id)
+            .set_launch_time(self.launched)
+            .set_tags(Some(self.tags));
+        if let Some(state) = self.state {
+            instance = instance.state(InstanceState::builder().name(state).build());
+        }
+        if let Some(options) = self.options {
+            instance = instance.metadata_options(options.build());
+        }
+        instance.build()
     }
 }
+
 #[cfg(test)]
 mod tests;

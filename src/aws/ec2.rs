@@ -197,14 +197,14 @@ impl Ec2 {
         ids.dedup();
         for chunk in ids.chunks(DESCRIBE_BATCH) {
             match self.describe_chunk(chunk).await {
-                Ok(found) => {
+                Ok(mut found) => {
                     for id in chunk {
-                        let entry = match found.get(id) {
+                        let entry = match found.remove(id) {
                             Some(facts) => Described {
-                                observation: Observation::Found(facts.options.clone()),
-                                tag_keys: facts.tag_keys.clone(),
+                                observation: Observation::Found(facts.options),
+                                tag_keys: facts.tag_keys,
                                 launched: facts.launched,
-                                launch_source: facts.launch_source.clone(),
+                                launch_source: facts.launch_source,
                             },
                             None => Described {
                                 observation: Observation::NotFound,

@@ -131,17 +131,20 @@ impl InstanceCache {
         let failed_reads = self.failed_reads_after(id, &described.observation);
         let launched = described.launched.or_else(|| self.launched(id));
         let launch_source = described.launch_source.or_else(|| self.launch_source(id));
-        self.entries.insert(
-            id.to_string(),
-            Entry {
-                observation: described.observation,
-                tag_keys: described.tag_keys,
-                launched,
-                launch_source,
-                fetched: now,
-                failed_reads,
-            },
-        );
+        let entry = Entry {
+            observation: described.observation,
+            tag_keys: described.tag_keys,
+            launched,
+            launch_source,
+            fetched: now,
+            failed_reads,
+        };
+        match self.entries.get_mut(id) {
+            Some(cached) => *cached = entry,
+            None => {
+                self.entries.insert(id.to_string(), entry);
+            }
+        }
     }
 
     /// IMDSv1 usage read from CloudWatch for this lookback, while still fresh.

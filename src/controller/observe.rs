@@ -109,7 +109,9 @@ pub async fn refresh(ctx: &Context, instance_ids: &[String], all: bool) -> Vec<S
     {
         let mut cache = ctx.cache.lock().await;
         for (id, d) in described {
-            if let Observation::Found(options) = &d.observation {
+            if let Observation::Found(options) = &d.observation
+                && records.contains_key(&id)
+            {
                 shown.insert(id.clone(), options.clone());
             }
             if d.tag_keys.iter().any(|k| k == ORIGINAL_OPTIONS_TAG) && cache.first_sight_of_record_tag(&id) {
