@@ -118,18 +118,13 @@ impl RecordStore {
         &self,
         ids: impl IntoIterator<Item = &'a String>,
     ) -> HashMap<String, Result<InstanceRecord, InvalidRecord>> {
-        let mut out = HashMap::new();
-        for (index, ids) in by_shard(ids) {
-            let shard = self.shards[index].lock().await;
-            for id in ids {
-                let record = match shard.entries.get(id) {
-                    Some(stored) => stored.record().cloned().map_err(Clone::clone),
-                    None => Ok(InstanceRecord::default()),
-                };
-                out.insert(id.clone(), record);
-            }
-        }
-        out
+        self.collect_stored(ids, |stored| {
+            Some(match stored {
+                Some(stored) => stored.record().cloned().map_err(Clone::clone),
+                None => Ok(InstanceRecord::default()),
+            })
+        })
+        .await
     }
 
     /// The valid stored records of `ids` that `keep` accepts (an instance with no record, or
@@ -139,14 +134,26 @@ impl RecordStore {
         ids: impl IntoIterator<Item = &'a String>,
         keep: impl Fn(&InstanceRecord) -> bool,
     ) -> HashMap<String, InstanceRecord> {
+        self.collect_stored(ids, |stored| match stored {
+            Some(Stored::Valid(record)) if keep(record) => Some(record.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// What `pick` makes of each instance's stored record (`None`: none stored), shard by shard
+    /// under its lock; instances it answers `None` for are left out.
+    async fn collect_stored<'a, T>(
+        &self,
+        ids: impl IntoIterator<Item = &'a String>,
+        pick: impl Fn(Option<&Stored>) -> Option<T>,
+    ) -> HashMap<String, T> {
         let mut out = HashMap::new();
         for (index, ids) in by_shard(ids) {
             let shard = self.shards[index].lock().await;
             for id in ids {
-                if let Some(Stored::Valid(record)) = shard.entries.get(id)
-                    && keep(record)
-                {
-                    out.insert(id.clone(), record.clone());
+                if let Some(value) = pick(shard.entries.get(id)) {
+                    out.insert(id.clone(), value);
                 }
             }
         }
