@@ -5,7 +5,8 @@
 //! docs/benchmarks.md lists every variable and the figures measured.
 //!
 //! - P1: convergence at EC2's Modify bucket (and without it), the peer (Cloud Custodian) beside.
-//! - P2: a quiet steady state: calls and CPU per resync.
+//! - P2: a quiet steady state: calls and CPU per resync (P2R with a converged fleet's records,
+//!   P2C with the cluster's name, listing its instances by tag).
 //! - P3: a joining node's Modify latency.
 //! - P4: memory after the initial list (and a re-list) of many Nodes.
 //! - P5: several operators sharing one account's bucket.
@@ -33,7 +34,7 @@ use std::time::Instant;
 use common::Report;
 
 /// Every figure, in the order they run.
-const FIGURES: [&str; 9] = ["P1", "PEER", "P1U", "P2", "P2R", "P3", "P4", "P5", "P5X"];
+const FIGURES: [&str; 10] = ["P1", "PEER", "P1U", "P2", "P2R", "P2C", "P3", "P4", "P5", "P5X"];
 
 /// The figures to run: `IMDS_BENCH` (comma-separated, case-insensitive), default all.
 pub struct Selection(BTreeSet<String>);
@@ -77,9 +78,13 @@ fn main() {
         if let Err(e) = p1::run(&selection, &mut report).await {
             report.failed("P1", &e);
         }
-        for (figure, records) in [("P2", false), ("P2R", true)] {
+        for (figure, variant) in [
+            ("P2", p2::Variant::ById),
+            ("P2R", p2::Variant::WithRecords),
+            ("P2C", p2::Variant::ClusterListing),
+        ] {
             if selection.has(figure)
-                && let Err(e) = p2::run(&mut report, records).await
+                && let Err(e) = p2::run(&mut report, variant).await
             {
                 report.failed(figure, &e);
             }

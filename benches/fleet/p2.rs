@@ -8,6 +8,9 @@
 //! P2R is the same with the records of a fleet the operator converged itself: before it starts,
 //! every instance gets the record the operator writes when it moves an instance to IMDSv2 (the
 //! original `httpTokens`, the accepted request, a day old), in the operator's ConfigMaps.
+//!
+//! P2C is P2 with the cluster's name (`--cluster-name`): the resync lists the instances tagged
+//! `kubernetes.io/cluster/<name>`, 1,000 per call; bound ⌈N/1000⌉+1 (the stretch).
 
 use std::time::{Duration, Instant};
 
@@ -106,22 +109,56 @@ async fn seed_records(cluster: &Cluster, fleet: &EksFleet, n: usize) -> Result<(
     Ok(())
 }
 
-/// Runs P2 (P2R with `records`) on `IMDS_BENCH_P2_NODES` (default 5000) nodes with
+/// Which P2 is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// P2: no records, instances read by ID.
+    ById,
+    /// P2R: with a converged fleet's records.
+    WithRecords,
+    /// P2C: with the cluster's name, the instances listed by its tag.
+    ClusterListing,
+}
+
+impl Variant {
+    fn figure(self) -> &'static str {
+        match self {
+            Variant::ById => "P2",
+            Variant::WithRecords => "P2R",
+            Variant::ClusterListing => "P2C",
+        }
+    }
+
+    /// The DescribeInstances calls a resync of `n` instances may take.
+    fn bound(self, n: usize) -> (usize, &'static str) {
+        match self {
+            Variant::ClusterListing => (n.div_ceil(1000) + 1, "⌈N/1000⌉+1"),
+            _ => (n.div_ceil(200), "⌈N/200⌉"),
+        }
+    }
+}
+
+/// Runs one P2 `variant` on `IMDS_BENCH_P2_NODES` (default 5000) nodes with
 /// `IMDS_BENCH_P2_RESYNC` (default 20s).
-pub async fn run(report: &mut Report, records: bool) -> Result<()> {
+pub async fn run(report: &mut Report, variant: Variant) -> Result<()> {
     let n = size("IMDS_BENCH_P2_NODES", 5000)?;
     let resync = env_or("IMDS_BENCH_P2_RESYNC", "20s");
     let period = humantime::parse_duration(&resync)?;
-    let figure = if records { "P2R" } else { "P2" };
+    let figure = variant.figure();
     let fleet = EksFleet::new("p2");
     let double = account_double(true)?;
     add_instances(&double, &fleet, 0..n, compliant());
     let cluster = cluster_with_nodes(&fleet, n).await?;
-    if records {
+    if variant == Variant::WithRecords {
         seed_records(&cluster, &fleet, n).await?;
     }
     apply_policy(&cluster).await?;
-    let mut operator = start_operator(&cluster, &double, "operator", &[&format!("--resync-period={resync}")]).await?;
+    let mut flags = vec![format!("--resync-period={resync}")];
+    if variant == Variant::ClusterListing {
+        flags.push(format!("--cluster-name={}", fleet.cluster()));
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut operator = start_operator(&cluster, &double, "operator", &flags).await?;
     let converged = wait_compliant(&cluster, n, Duration::from_secs(300)).await?;
     eprintln!("  [{figure}] {n} nodes compliant after {:.1}s", converged.as_secs_f64());
     let timeout = period * 3 + Duration::from_secs(30);
@@ -132,10 +169,10 @@ pub async fn run(report: &mut Report, records: bool) -> Result<()> {
     let describes = b.describes - a.describes;
     let modifies = b.modifies - a.modifies;
     let cpu = b.cpu.saturating_sub(a.cpu);
-    let bound = n.div_ceil(200);
+    let (bound, bound_text) = variant.bound(n);
     let throttled = double.counter(DESCRIBE).throttled;
     report.line(format!(
-        "{figure} N={n} resync {:.1}s describe {describes} bound {bound} ratio {} modify {modifies} cpu {:.0}ms target 100ms ratio {} describe-throttled {throttled} (target ≤⌈N/200⌉, 0, ≤100ms)",
+        "{figure} N={n} resync {:.1}s describe {describes} bound {bound} ratio {} modify {modifies} cpu {:.0}ms target 100ms ratio {} describe-throttled {throttled} (target ≤{bound_text}, 0, ≤100ms)",
         b.at.duration_since(a.at).as_secs_f64(),
         show_ratio(ratio(describes as f64, bound as f64)),
         cpu.as_secs_f64() * 1e3,

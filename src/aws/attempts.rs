@@ -33,8 +33,13 @@ impl Storable for Attempts {
 }
 
 /// Whether an HTTP answer is AWS throttling: EC2's `RequestLimitExceeded` (HTTP 503) or the
-/// `Throttling`/`ThrottlingException` codes of other services.
+/// `Throttling`/`ThrottlingException` codes of other services. Only error answers (4xx, 5xx)
+/// are read: a success body is never throttling, even when a tag value names a code, and a page
+/// of 1,000 instances (~1 MB) is not scanned again (`perf`: 3% of a quiet resync's CPU).
 pub fn is_throttled(status: u16, body: Option<&[u8]>) -> bool {
+    if status < 400 {
+        return false;
+    }
     let body = body.map(String::from_utf8_lossy).unwrap_or_default();
     let named = [
         "RequestLimitExceeded",
@@ -89,5 +94,7 @@ mod tests {
         assert!(!is_throttled(503, Some(b"<Code>ServiceUnavailable</Code>")));
         assert!(!is_throttled(400, Some(b"<Code>UnauthorizedOperation</Code>")));
         assert!(!is_throttled(200, None));
+        let tagged = b"<DescribeInstancesResponse><tagSet><item><key>note</key><value>RequestLimitExceeded</value></item></tagSet></DescribeInstancesResponse>";
+        assert!(!is_throttled(200, Some(tagged)), "a success answer is never throttling");
     }
 }

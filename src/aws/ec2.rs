@@ -1,71 +1,34 @@
-//! The EC2 adaptor: batched DescribeInstances, full-option ModifyInstanceMetadataOptions, client-
-//! side rate limits, and the classification of EC2 errors into what the controller does next.
+//! The EC2 client: client-side rate limits that adapt to throttling, full-option
+//! ModifyInstanceMetadataOptions behind the write fence (DescribeInstances is `aws::describe`).
 
 use super::attempts::AttemptMetrics;
-use super::describe_answer::LeanDescribeAnswers;
 use super::error::{AwsError, AwsErrorKind, Service, from_sdk};
 use super::fence::WriteFence;
 use super::ratelimit::RateLimiter;
 use crate::telemetry::metrics::Metrics;
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::types::{
-    Filter, HttpTokensState, InstanceMetadataEndpointState, InstanceMetadataOptionsResponse,
-    InstanceMetadataOptionsState, InstanceMetadataProtocolState, InstanceMetadataTagsState, InstanceStateName,
+    HttpTokensState, InstanceMetadataEndpointState, InstanceMetadataOptionsResponse, InstanceMetadataOptionsState,
+    InstanceMetadataProtocolState, InstanceMetadataTagsState,
 };
 use imds_core::api::{HttpTokens, MetadataOptions, Toggle};
-use imds_core::launch_source::{LaunchSource, launch_source};
-use imds_core::observation::Observation;
 use imds_core::options::{ApplyState, FullOptions, ObservedOptions};
-use k8s_openapi::jiff::Timestamp;
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
-/// At most this many values in one `instance-id` filter (EC2 rejects more than 200).
-pub const DESCRIBE_BATCH: usize = 200;
 /// `ModifyInstanceMetadataDefaults` calls per second (EC2's bucket: burst 2, 2 per second).
 pub const DEFAULTS_MODIFY_RATE: f64 = 1.0;
 /// Burst of `ModifyInstanceMetadataDefaults`.
 pub const DEFAULTS_MODIFY_BURST: u32 = 2;
-/// Page size of DescribeInstances.
-const PAGE_SIZE: i32 = 1000;
 
-pub use super::describe_answer::{ORIGINAL_OPTIONS_TAG, READ_TAG_KEYS};
+pub use super::describe_answer::ORIGINAL_OPTIONS_TAG;
 
-/// What DescribeInstances says of one instance, beyond the options.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct InstanceFacts {
-    /// The metadata options.
-    pub options: ObservedOptions,
-    /// The instance's tag keys the operator reads: [`READ_TAG_KEYS`], and the first key IMDS
-    /// cannot serve as instance metadata tags (the tags guard names it). The rest are not kept:
-    /// an EKS instance carries a dozen tags, and the cache holds every instance of the fleet.
-    pub tag_keys: Vec<String>,
-    /// `LaunchTime`.
-    pub launched: Option<Timestamp>,
-    /// The launch template, node group, `EC2NodeClass` or Auto Scaling group its tags name.
-    pub launch_source: Option<LaunchSource>,
-}
-
-/// The keys of `tags` the operator reads (see [`InstanceFacts::tag_keys`]), in EC2's order.
-fn read_tag_keys(tags: &[aws_sdk_ec2::types::Tag]) -> Vec<String> {
-    let keys = tags.iter().filter_map(|t| t.key());
-    let unservable = keys.clone().find(|k| !imds_core::plan::guards::servable_tag_key(k));
-    keys.filter(|k| READ_TAG_KEYS.contains(k) || Some(*k) == unservable)
-        .map(String::from)
-        .collect()
-}
-
-/// One instance as read by [`Ec2::describe_instances`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Described {
-    /// Found, not found, or the batch's error.
-    pub observation: Observation,
-    /// Tag keys (empty unless found).
-    pub tag_keys: Vec<String>,
-    /// `LaunchTime` (unless not found).
-    pub launched: Option<Timestamp>,
-    /// Where it was launched from (see [`InstanceFacts::launch_source`]).
-    pub launch_source: Option<LaunchSource>,
+/// Where the cluster's instances are listed from (`aws::describe`): their tag key, and how many
+/// pages the last listing took (how the next refresh decides whether listing pays).
+#[derive(Clone, Debug)]
+pub(super) struct ClusterListing {
+    pub(super) tag_key: String,
+    pub(super) last_pages: Arc<AtomicUsize>,
 }
 
 /// Converts EC2's metadata options.
@@ -106,6 +69,8 @@ pub struct Ec2 {
     /// ModifyInstanceMetadataDefaults (sent by `aws::ec2_defaults`).
     pub(super) defaults_modify_limit: Arc<RateLimiter>,
     pub(super) fence: WriteFence,
+    /// Set when the cluster's name is known (see [`Ec2::with_cluster_listing`]).
+    pub(super) listing: Option<ClusterListing>,
     metrics: Arc<Metrics>,
 }
 
@@ -136,6 +101,7 @@ impl Ec2 {
             modify_limit: Arc::new(RateLimiter::new(limits.modify_burst, limits.modify_per_second)),
             defaults_modify_limit: Arc::new(RateLimiter::new(DEFAULTS_MODIFY_BURST, DEFAULTS_MODIFY_RATE)),
             fence: WriteFence::open(),
+            listing: None,
             metrics,
         }
     }
@@ -143,6 +109,20 @@ impl Ec2 {
     /// Sends modifications only while `fence` is open (see [`WriteFence`]).
     pub fn with_fence(self, fence: WriteFence) -> Ec2 {
         Ec2 { fence, ..self }
+    }
+
+    /// Reads large selections by listing the instances of cluster `cluster_name` (those tagged
+    /// `kubernetes.io/cluster/<cluster_name>`), 1,000 per DescribeInstances call, when that takes
+    /// fewer calls than asking for them by ID, 200 per call (see [`Ec2::describe`]).
+    pub fn with_cluster_listing(self, cluster_name: &str) -> Ec2 {
+        let listing = ClusterListing {
+            tag_key: imds_core::cluster::cluster_tag_key(cluster_name),
+            last_pages: Arc::new(AtomicUsize::new(0)),
+        };
+        Ec2 {
+            listing: Some(listing),
+            ..self
+        }
     }
 
     /// Modify tokens available now (how many requests can go out without waiting).
@@ -176,120 +156,6 @@ impl Ec2 {
             _ => limiter.succeeded().await,
         };
         self.metrics.aws_client_rate(operation, rate);
-    }
-
-    /// Reads the instances, at most [`DESCRIBE_BATCH`] IDs per `instance-id` filter, paginated:
-    /// ⌈N/200⌉ calls for N instances (plus one per extra page). Every requested ID gets an
-    /// observation: found, not found (absent or terminated), or the batch's error.
-    pub async fn describe(&self, instance_ids: &[String]) -> HashMap<String, (Observation, Vec<String>)> {
-        self.describe_instances(instance_ids)
-            .await
-            .into_iter()
-            .map(|(id, d)| (id, (d.observation, d.tag_keys)))
-            .collect()
-    }
-
-    /// Like [`Ec2::describe`], as [`Described`] values.
-    pub async fn describe_instances(&self, instance_ids: &[String]) -> HashMap<String, Described> {
-        let mut out = HashMap::with_capacity(instance_ids.len());
-        let mut ids: Vec<String> = instance_ids.to_vec();
-        ids.sort();
-        ids.dedup();
-        for chunk in ids.chunks(DESCRIBE_BATCH) {
-            match self.describe_chunk(chunk).await {
-                Ok(mut found) => {
-                    for id in chunk {
-                        let entry = match found.remove(id) {
-                            Some(facts) => Described {
-                                observation: Observation::Found(facts.options),
-                                tag_keys: facts.tag_keys,
-                                launched: facts.launched,
-                                launch_source: facts.launch_source,
-                            },
-                            None => Described {
-                                observation: Observation::NotFound,
-                                tag_keys: Vec::new(),
-                                launched: None,
-                                launch_source: None,
-                            },
-                        };
-                        out.insert(id.clone(), entry);
-                    }
-                }
-                Err(err) => {
-                    let failure = err.to_failure();
-                    for id in chunk {
-                        let described = Described {
-                            observation: Observation::Failed(failure.clone()),
-                            tag_keys: Vec::new(),
-                            launched: None,
-                            launch_source: None,
-                        };
-                        out.insert(id.clone(), described);
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    async fn describe_chunk(&self, chunk: &[String]) -> Result<HashMap<String, InstanceFacts>, AwsError> {
-        let mut found = HashMap::new();
-        let mut next_token: Option<String> = None;
-        loop {
-            self.describe_limit.acquire().await;
-            let filter = Filter::builder()
-                .name("instance-id")
-                .set_values(Some(chunk.to_vec()))
-                .build();
-            let result = self
-                .client
-                .describe_instances()
-                .filters(filter)
-                .max_results(PAGE_SIZE)
-                .set_next_token(next_token.take())
-                .customize()
-                .interceptor(LeanDescribeAnswers)
-                .send()
-                .await
-                .map_err(|e| from_sdk(Service::Ec2, "DescribeInstances", e));
-            self.record("DescribeInstances", &self.describe_limit, &result).await;
-            let page = result?;
-            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
-                let Some(id) = instance.instance_id() else {
-                    continue;
-                };
-                let gone = matches!(
-                    instance.state().and_then(|s| s.name()),
-                    Some(InstanceStateName::Terminated) | Some(InstanceStateName::ShuttingDown)
-                );
-                if gone {
-                    continue;
-                }
-                found.insert(
-                    id.to_string(),
-                    InstanceFacts {
-                        options: observed_from(instance.metadata_options()),
-                        tag_keys: read_tag_keys(instance.tags()),
-                        launched: instance
-                            .launch_time()
-                            .and_then(|t| Timestamp::from_second(t.secs()).ok()),
-                        launch_source: launch_source(|key| {
-                            instance
-                                .tags()
-                                .iter()
-                                .find(|t| t.key() == Some(key))
-                                .and_then(|t| t.value())
-                        }),
-                    },
-                );
-            }
-            match page.next_token() {
-                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
-                _ => break,
-            }
-        }
-        Ok(found)
     }
 
     /// Sends one complete request (all five options). `dry_run` asks EC2 whether the call would

@@ -16,19 +16,12 @@
 //!   capped hop limit, and — when the operator's role is known — so that nobody but the operator
 //!   changes the metadata options of the cluster's instances afterwards.
 
+use imds_core::cluster::{ClusterNameError, cluster_tag_key, validate_cluster_name};
 use serde_json::{Value, json};
 use thiserror::Error;
 
 /// IAM policy language version used by every document.
 pub const POLICY_VERSION: &str = "2012-10-17";
-
-/// Prefix of the tag that marks an instance as belonging to a Kubernetes cluster
-/// (`kubernetes.io/cluster/<name>`), set by EKS managed node groups, eksctl, Karpenter and kops.
-pub const CLUSTER_TAG_PREFIX: &str = "kubernetes.io/cluster/";
-
-/// Longest accepted cluster name. EKS allows 100 characters; the resulting tag key
-/// (`kubernetes.io/cluster/` + name) must also stay within EC2's 128-character tag-key limit.
-pub const MAX_CLUSTER_NAME_LEN: usize = 100;
 
 /// Valid range of the IMDS `HttpPutResponseHopLimit`.
 pub const HOP_LIMIT_RANGE: std::ops::RangeInclusive<u8> = 1..=64;
@@ -69,17 +62,9 @@ impl Default for IamPolicyOptions {
 /// Why no policy could be rendered from the given options.
 #[derive(Debug, Error)]
 pub enum IamPolicyError {
-    /// `cluster_name` is empty.
-    #[error("the cluster name must not be empty")]
-    EmptyClusterName,
-    /// `cluster_name` cannot be part of a `kubernetes.io/cluster/<name>` tag key.
-    #[error("invalid cluster name {name:?}: {reason}")]
-    InvalidClusterName {
-        /// The rejected name.
-        name: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    /// `cluster_name` is empty or cannot be part of a `kubernetes.io/cluster/<name>` tag key.
+    #[error(transparent)]
+    ClusterName(#[from] ClusterNameError),
     /// `partition` is not an AWS partition name.
     #[error("invalid partition {0:?}: expected an AWS partition such as aws, aws-cn or aws-us-gov")]
     InvalidPartition(String),
@@ -129,7 +114,7 @@ impl IamPolicyOptions {
 
     /// The tag key marking the cluster's instances: `kubernetes.io/cluster/<name>`.
     pub fn cluster_tag_key(&self) -> String {
-        format!("{CLUSTER_TAG_PREFIX}{}", self.cluster_name)
+        cluster_tag_key(&self.cluster_name)
     }
 
     /// ARN pattern matching every EC2 instance of the partition.
@@ -326,32 +311,6 @@ fn write_ordered(out: &mut String, value: &Value, depth: usize) -> Result<(), se
             out.push(']');
         }
         scalar_or_empty => out.push_str(&serde_json::to_string(scalar_or_empty)?),
-    }
-    Ok(())
-}
-
-fn validate_cluster_name(name: &str) -> Result<(), IamPolicyError> {
-    let invalid = |reason: &str| IamPolicyError::InvalidClusterName {
-        name: name.to_owned(),
-        reason: reason.to_owned(),
-    };
-    if name.is_empty() {
-        return Err(IamPolicyError::EmptyClusterName);
-    }
-    if name.len() > MAX_CLUSTER_NAME_LEN {
-        return Err(invalid(&format!("longer than {MAX_CLUSTER_NAME_LEN} characters")));
-    }
-    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(invalid("must start with a letter or digit"));
-    }
-    // EKS names use letters, digits, '-' and '_'; kops names are DNS names, hence '.'.
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(invalid(&format!(
-            "character {c:?} is not allowed (letters, digits, '-', '_' and '.' only)"
-        )));
     }
     Ok(())
 }
@@ -609,11 +568,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_cluster_names() {
-        assert!(matches!(render(&opts("")), Err(IamPolicyError::EmptyClusterName)));
+        assert!(matches!(
+            render(&opts("")),
+            Err(IamPolicyError::ClusterName(ClusterNameError::Empty))
+        ));
         for bad in ["-prod", "prod cluster", "prod/x", "prod*", "pröd", &"a".repeat(101)] {
             let err = render(&opts(bad)).unwrap_err();
             assert!(
-                matches!(err, IamPolicyError::InvalidClusterName { .. }),
+                matches!(err, IamPolicyError::ClusterName(ClusterNameError::Invalid { .. })),
                 "{bad:?}: {err}"
             );
         }

@@ -4,7 +4,8 @@
 //! the fleet complies, for CI and GitOps checks.
 
 use crate::aws::cloudwatch::UsageReader;
-use crate::aws::ec2::{Described, Ec2, RateLimits};
+use crate::aws::describe::Described;
+use crate::aws::ec2::{Ec2, RateLimits};
 use crate::telemetry::metrics::Metrics;
 use anyhow::Context as _;
 use imds_core::api::InstanceMetadataPolicy;

@@ -41,6 +41,13 @@ pub struct RunArgs {
     /// DescribeInstances burst (EC2's bucket holds 100).
     #[arg(long, default_value_t = 10)]
     pub describe_burst: u32,
+    /// Name of the cluster, as in its instances' `kubernetes.io/cluster/<name>` tag (EKS managed
+    /// node groups, eksctl, Karpenter and kops set it). When given, a refresh of more instances
+    /// than one DescribeInstances call can name (200) lists the cluster's instances by that tag,
+    /// 1,000 per call, instead of asking for them by ID (5,000 nodes: 5 calls instead of 25);
+    /// nodes whose instance lacks the tag are still read by ID. Unset: always by ID.
+    #[arg(long, env = "IMDS_OPERATOR_CLUSTER_NAME", value_parser = cluster_name)]
+    pub cluster_name: Option<String>,
     /// At most this many modify requests per reconcile of one policy; the rest follow in the
     /// next reconcile, so status shows progress on large fleets.
     #[arg(long, default_value_t = 50)]
@@ -236,7 +243,10 @@ async fn aws_clients(args: &RunArgs, metrics: Arc<Metrics>, fence: WriteFence) -
         modify_per_second: args.modify_rate,
         modify_burst: args.modify_burst,
     };
-    let ec2 = Ec2::new(aws_sdk_ec2::Client::new(&aws), limits, metrics.clone()).with_fence(fence);
+    let mut ec2 = Ec2::new(aws_sdk_ec2::Client::new(&aws), limits, metrics.clone()).with_fence(fence);
+    if let Some(name) = &args.cluster_name {
+        ec2 = ec2.with_cluster_listing(name);
+    }
     let usage = UsageReader::new(aws_sdk_cloudwatch::Client::new(&aws), metrics);
     (ec2, usage)
 }
@@ -327,6 +337,12 @@ fn lease_timings(text: &str) -> Result<Timings, String> {
     Timings::for_lease(duration).map_err(|e| e.to_string())
 }
 
+/// Parses `--cluster-name`: a name that can be part of a `kubernetes.io/cluster/<name>` tag key.
+fn cluster_name(text: &str) -> Result<String, String> {
+    imds_core::cluster::validate_cluster_name(text).map_err(|e| e.to_string())?;
+    Ok(text.to_owned())
+}
+
 /// Parses `--resync-period`: a duration of at least [`MIN_RESYNC`].
 fn resync_period(text: &str) -> Result<Duration, String> {
     let period = humantime::parse_duration(text).map_err(|e| e.to_string())?;
@@ -375,6 +391,14 @@ fn random_identity() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_names() {
+        assert_eq!(cluster_name("prod-1"), Ok("prod-1".to_string()));
+        for bad in ["", "prod/x", "-prod"] {
+            assert!(cluster_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn resync_periods() {

@@ -21,7 +21,7 @@ use crate::aws::{AwsError, AwsErrorKind};
 use futures::StreamExt;
 use imds_core::api::{FieldDrift, InstanceMetadataPolicy};
 use imds_core::launch_source::{self, LaunchSource};
-use imds_core::observation::{Failure, FailureKind, NodeInput, Observation};
+use imds_core::observation::{Failure, FailureKind, NodeInput, Observation, ObservationSource};
 use imds_core::options::Field;
 use imds_core::options::{ApplyState, FullOptions, ObservedOptions};
 use imds_core::plan::NodePlan;
@@ -219,7 +219,7 @@ async fn claim(ctx: &Context, wanted: &[(&NodePlan, String, FullOptions)], budge
         if claimed.len() >= budget {
             break;
         }
-        let Some(Observation::Found(current)) = cache.observations([id]).remove(id) else {
+        let Some(Observation::Found(current)) = cache.observation(id).cloned() else {
             continue;
         };
         let current_full = FullOptions::completed(&current.values);

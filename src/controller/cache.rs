@@ -4,9 +4,9 @@
 //! however many, never send a failing instance's request again before its backoff ends.
 //! Shared by every policy's reconcile.
 
-use crate::aws::ec2::Described;
+use crate::aws::describe::Described;
 use imds_core::launch_source::LaunchSource;
-use imds_core::observation::{Failure, FailureKind, Observation};
+use imds_core::observation::{Failure, FailureKind, Observation, ObservationSource};
 use imds_core::options::{ApplyState, FullOptions};
 use imds_core::plan::guards::{GuardFacts, GuardFactsSource};
 use imds_core::requeue::{backoff_base, backoff_delay};
@@ -60,6 +60,13 @@ impl GuardFactsSource for CachedGuardFacts<'_> {
                 .collect(),
             launched: self.cache.launched(id),
         }
+    }
+}
+
+/// Planning reads the cached observations in place.
+impl ObservationSource for InstanceCache {
+    fn observation(&self, instance_id: &str) -> Option<&Observation> {
+        self.entries.get(instance_id).map(|e| &e.observation)
     }
 }
 
@@ -466,15 +473,9 @@ mod tests {
             launch_source: None,
         };
         cache.observe_described("i-1", stale.clone(), t0 + Duration::from_secs(1));
-        assert_eq!(
-            cache.observations([&"i-1".to_string()]).remove("i-1"),
-            Some(found(ApplyState::Pending))
-        );
+        assert_eq!(cache.observation("i-1").cloned(), Some(found(ApplyState::Pending)));
         cache.observe_described("i-1", stale, t0 + Duration::from_secs(3));
-        assert_eq!(
-            cache.observations([&"i-1".to_string()]).remove("i-1"),
-            Some(found(ApplyState::Applied))
-        );
+        assert_eq!(cache.observation("i-1").cloned(), Some(found(ApplyState::Applied)));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::policy_writes::{patch_status, set_finalizers, without_restore_finaliz
 use super::rollout;
 use crate::aws::AwsErrorKind;
 use imds_core::api::{ABANDON_RESTORE_ANNOTATION, InstanceMetadataPolicy, OnDelete, RESTORE_FINALIZER};
-use imds_core::observation::{NodeInput, Observation};
+use imds_core::observation::{NodeInput, Observation, ObservationSource};
 use imds_core::options::{ApplyState, FullOptions};
 use imds_core::provider_id;
 use imds_core::reason::Reason;
@@ -243,7 +243,7 @@ async fn restore_claimed(
     candidate: &Candidate,
 ) -> Result<(), String> {
     let (node, id) = (candidate.node.as_str(), candidate.instance_id.as_str());
-    let current = match ctx.cache.lock().await.observations([&id.to_string()]).remove(id) {
+    let current = match ctx.cache.lock().await.observation(id).cloned() {
         Some(Observation::Found(o)) if o.state == ApplyState::Pending => {
             return Err(format!("{id}: a change is pending; restoring after it applied"));
         }

@@ -184,13 +184,12 @@ pub async fn plan_with_cache(ctx: &Context, observed: &Observed, outcomes: &Hash
         // request, under the lock.
         let cache = ctx.cache.lock().await;
         let now = Instant::now();
-        let observations = cache.observations(&observed.instance_ids);
         let refusals = cache.refusals(now);
         let guard_facts = cache.guard_facts(lookbacks, now);
         let input = PlanInput {
             policy: &observed.me,
             policies: &observed.policies,
-            observations: &observations,
+            observations: &*cache,
             refusals: &refusals,
             guard_facts: &guard_facts,
         };

@@ -10,7 +10,7 @@
 use super::context::Context;
 use super::events::{PolicyEvent, publish};
 use imds_core::api::{InstanceMetadataPolicy, REENFORCE_ANNOTATION};
-use imds_core::observation::Observation;
+use imds_core::observation::{Observation, ObservationSource};
 use imds_core::plan::NodePlan;
 use imds_core::reason::Reason;
 use imds_core::record::{self, ChangeRecord, ChangeState, InstanceRecord};
@@ -71,13 +71,7 @@ struct Target<'a> {
 /// Under the claim: decides on the stored record and writes the revert ahead in one atomic step,
 /// sends it and records the answer.
 async fn revert_claimed(ctx: &Context, policy: &InstanceMetadataPolicy, target: &Target<'_>) {
-    let Some(Observation::Found(current)) = ctx
-        .cache
-        .lock()
-        .await
-        .observations([&target.id.to_string()])
-        .remove(target.id)
-    else {
+    let Some(Observation::Found(current)) = ctx.cache.lock().await.observation(target.id).cloned() else {
         return;
     };
     let name = policy.name_any();

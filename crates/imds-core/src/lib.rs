@@ -28,6 +28,7 @@
 //! - `fixtures` (tests, or the `fixtures` feature): policy builders for tests.
 
 pub mod api;
+pub mod cluster;
 pub mod defaults;
 pub mod defaults_api;
 #[cfg(any(test, feature = "fixtures"))]

@@ -69,6 +69,20 @@ pub enum Observation {
 
 /// Remembers modify requests that EC2 refused for good, so they are not sent again until the
 /// request (the policy or the node's selection) changes.
+/// Where planning reads the last observation of an instance (none: not read yet). The
+/// controller's instance cache is one, so a reconcile does not copy every observation of its
+/// selection into a map first.
+pub trait ObservationSource {
+    /// The last observation of `instance_id`, when it has been read.
+    fn observation(&self, instance_id: &str) -> Option<&Observation>;
+}
+
+impl ObservationSource for HashMap<String, Observation> {
+    fn observation(&self, instance_id: &str) -> Option<&Observation> {
+        self.get(instance_id)
+    }
+}
+
 pub trait RefusalMemo {
     /// The refusal of exactly this request for this instance, if there was one.
     fn refused(&self, instance_id: &str, request: &FullOptions) -> Option<Failure>;

@@ -4,7 +4,7 @@
 pub mod guards;
 
 use crate::api::{FieldDrift, PolicyMode};
-use crate::observation::{Failure, FailureKind, NodeInput, Observation, RefusalMemo};
+use crate::observation::{Failure, FailureKind, NodeInput, Observation, ObservationSource, RefusalMemo};
 use crate::options::{ApplyState, Field, FullOptions, ObservedOptions};
 use crate::provider_id::{self, SkipReason};
 use crate::reason::Reason;
@@ -154,7 +154,7 @@ pub struct PlanInput<'a, M: RefusalMemo> {
     /// Every policy (including `policy`), for priorities and conflicts.
     pub policies: &'a [PolicyInput],
     /// Observations by instance ID; an instance absent here has not been read (yet).
-    pub observations: &'a HashMap<String, Observation>,
+    pub observations: &'a dyn ObservationSource,
     /// Requests EC2 refused for good.
     pub refusals: &'a M,
     /// Guard facts by instance ID (read only for instances planned a request).
@@ -178,13 +178,17 @@ pub fn plan<'n, M: RefusalMemo>(
     nodes: impl IntoIterator<Item = &'n NodeInput>,
 ) -> Vec<NodePlan> {
     let mut decided = DecisionsBySelection::default();
-    let mut plans: Vec<NodePlan> = nodes
+    // Sorted by node name before planning (references move cheaply; plans do not): the plans
+    // come out in the order a sort of them would give.
+    let mut selected: Vec<&NodeInput> = nodes
         .into_iter()
         .filter(|node| input.policy.selects(&node.labels))
-        .map(|node| plan_node(input, node, &mut decided))
         .collect();
-    plans.sort_by(|a, b| a.node.cmp(&b.node));
-    plans
+    selected.sort_by(|a, b| a.name.cmp(&b.name));
+    selected
+        .into_iter()
+        .map(|node| plan_node(input, node, &mut decided))
+        .collect()
 }
 
 /// The decisions for each set of selecting policies (by index), computed once per set: the
@@ -215,7 +219,7 @@ fn plan_node<M: RefusalMemo>(
         Err(skip) => return skipped(node, None, skip),
     };
     let id = instance.instance_id;
-    let observed = match input.observations.get(&id) {
+    let observed = match input.observations.observation(&id) {
         Some(Observation::Found(observed)) => observed,
         Some(Observation::NotFound) => {
             let skip = SkipReason::InstanceNotFound(id.clone());

@@ -1,0 +1,234 @@
+//! DescribeInstances: the instances a refresh asks for, by ID in batches of 200, or — when the
+//! cluster's name is known and that takes fewer calls — by listing the cluster's instances
+//! (filtered by its `kubernetes.io/cluster/<name>` tag, 1,000 per page) and reading by ID only
+//! those the listing did not show.
+
+use super::describe_answer::{LeanDescribeAnswers, READ_TAG_KEYS};
+use super::ec2::{ClusterListing, Ec2, observed_from};
+use super::error::{AwsError, Service, from_sdk};
+use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
+use aws_sdk_ec2::types::{Filter, Instance, InstanceStateName};
+use imds_core::launch_source::{LaunchSource, launch_source};
+use imds_core::observation::{Failure, Observation};
+use imds_core::options::ObservedOptions;
+use k8s_openapi::jiff::Timestamp;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+/// At most this many values in one `instance-id` filter (EC2 rejects more than 200).
+pub const DESCRIBE_BATCH: usize = 200;
+/// Page size of DescribeInstances (EC2's largest).
+const PAGE_SIZE: i32 = 1000;
+
+/// What DescribeInstances says of one instance, beyond the options.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct InstanceFacts {
+    /// The metadata options.
+    pub options: ObservedOptions,
+    /// The instance's tag keys the operator reads: [`READ_TAG_KEYS`], and the first key IMDS
+    /// cannot serve as instance metadata tags (the tags guard names it). The rest are not kept:
+    /// an EKS instance carries a dozen tags, and the cache holds every instance of the fleet.
+    pub tag_keys: Vec<String>,
+    /// `LaunchTime`.
+    pub launched: Option<Timestamp>,
+    /// The launch template, node group, `EC2NodeClass` or Auto Scaling group its tags name.
+    pub launch_source: Option<LaunchSource>,
+}
+
+/// The keys of `tags` the operator reads (see [`InstanceFacts::tag_keys`]), in EC2's order.
+fn read_tag_keys(tags: &[aws_sdk_ec2::types::Tag]) -> Vec<String> {
+    let keys = tags.iter().filter_map(|t| t.key());
+    let unservable = keys.clone().find(|k| !imds_core::plan::guards::servable_tag_key(k));
+    keys.filter(|k| READ_TAG_KEYS.contains(k) || Some(*k) == unservable)
+        .map(String::from)
+        .collect()
+}
+
+/// One instance as read by [`Ec2::describe_instances`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Described {
+    /// Found, not found, or the batch's error.
+    pub observation: Observation,
+    /// Tag keys (empty unless found).
+    pub tag_keys: Vec<String>,
+    /// `LaunchTime` (unless not found).
+    pub launched: Option<Timestamp>,
+    /// Where it was launched from (see [`InstanceFacts::launch_source`]).
+    pub launch_source: Option<LaunchSource>,
+}
+
+impl Described {
+    fn found(facts: InstanceFacts) -> Described {
+        Described {
+            observation: Observation::Found(facts.options),
+            tag_keys: facts.tag_keys,
+            launched: facts.launched,
+            launch_source: facts.launch_source,
+        }
+    }
+
+    fn without_facts(observation: Observation) -> Described {
+        Described {
+            observation,
+            tag_keys: Vec::new(),
+            launched: None,
+            launch_source: None,
+        }
+    }
+
+    fn failed(failure: &Failure) -> Described {
+        Described::without_facts(Observation::Failed(failure.clone()))
+    }
+}
+
+/// Whether listing the cluster's instances reads `wanted` instances in fewer calls than asking
+/// for them by ID: ⌈wanted/200⌉ by ID against the pages the last listing took (at least one;
+/// before the first listing, whenever by ID takes more than one call).
+fn listing_pays(listing: &ClusterListing, wanted: usize) -> bool {
+    wanted.div_ceil(DESCRIBE_BATCH) > listing.last_pages.load(Ordering::Relaxed).max(1)
+}
+
+/// An instance of a page: its ID, and its facts unless it is terminated or shutting down
+/// (EC2 lists those for about an hour; to the operator they are gone).
+fn facts_of(instance: &Instance) -> Option<(&str, Option<InstanceFacts>)> {
+    let id = instance.instance_id()?;
+    let gone = matches!(
+        instance.state().and_then(|s| s.name()),
+        Some(InstanceStateName::Terminated) | Some(InstanceStateName::ShuttingDown)
+    );
+    if gone {
+        return Some((id, None));
+    }
+    let tags = instance.tags();
+    let facts = InstanceFacts {
+        options: observed_from(instance.metadata_options()),
+        tag_keys: read_tag_keys(tags),
+        launched: instance
+            .launch_time()
+            .and_then(|t| Timestamp::from_second(t.secs()).ok()),
+        launch_source: launch_source(|key| tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())),
+    };
+    Some((id, Some(facts)))
+}
+
+fn instances(page: &DescribeInstancesOutput) -> impl Iterator<Item = &Instance> {
+    page.reservations().iter().flat_map(|r| r.instances())
+}
+
+impl Ec2 {
+    /// Reads the instances: ⌈N/200⌉ calls for N instances by ID (plus one per extra page), or,
+    /// with a cluster name ([`Ec2::with_cluster_listing`]) when it takes fewer calls, ⌈M/1000⌉
+    /// for the M instances carrying the cluster's tag plus ⌈K/200⌉ for the K asked for that the
+    /// listing did not show. Every requested ID gets an observation: found, not found (absent
+    /// or terminated), or the error of the call that was to read it.
+    pub async fn describe(&self, instance_ids: &[String]) -> HashMap<String, (Observation, Vec<String>)> {
+        self.describe_instances(instance_ids)
+            .await
+            .into_iter()
+            .map(|(id, d)| (id, (d.observation, d.tag_keys)))
+            .collect()
+    }
+
+    /// Like [`Ec2::describe`], as [`Described`] values.
+    pub async fn describe_instances(&self, instance_ids: &[String]) -> HashMap<String, Described> {
+        let mut out = HashMap::with_capacity(instance_ids.len());
+        let mut ids: Vec<String> = instance_ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        if let Some(listing) = &self.listing
+            && listing_pays(listing, ids.len())
+        {
+            self.describe_listed(listing, &ids, &mut out).await;
+            ids.retain(|id| !out.contains_key(id));
+        }
+        for chunk in ids.chunks(DESCRIBE_BATCH) {
+            self.describe_chunk(chunk, &mut out).await;
+        }
+        out
+    }
+
+    /// Reads `chunk` (at most [`DESCRIBE_BATCH`] IDs) into `out`.
+    async fn describe_chunk(&self, chunk: &[String], out: &mut HashMap<String, Described>) {
+        let filter = Filter::builder()
+            .name("instance-id")
+            .set_values(Some(chunk.to_vec()))
+            .build();
+        let wanted: HashSet<&str> = chunk.iter().map(String::as_str).collect();
+        if let Err(err) = self.read_pages(filter, &wanted, out).await {
+            let failure = err.to_failure();
+            for id in chunk {
+                out.insert(id.clone(), Described::failed(&failure));
+            }
+            return;
+        }
+        for id in chunk {
+            out.entry(id.clone())
+                .or_insert_with(|| Described::without_facts(Observation::NotFound));
+        }
+    }
+
+    /// Lists the cluster's instances into `out`, keeping those of `ids`; the ones it does not
+    /// show are left out (the caller reads them by ID). A failed page fails every ID not read yet.
+    async fn describe_listed(&self, listing: &ClusterListing, ids: &[String], out: &mut HashMap<String, Described>) {
+        let filter = Filter::builder().name("tag-key").values(&listing.tag_key).build();
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        match self.read_pages(filter, &wanted, out).await {
+            Ok(pages) => listing.last_pages.store(pages, Ordering::Relaxed),
+            Err(err) => {
+                let failure = err.to_failure();
+                for id in ids {
+                    out.entry(id.clone()).or_insert_with(|| Described::failed(&failure));
+                }
+            }
+        }
+    }
+
+    /// Reads every page `filter` selects, keeping the `wanted` instances in `out` (a terminated
+    /// one as not found). Returns how many pages there were.
+    async fn read_pages(
+        &self,
+        filter: Filter,
+        wanted: &HashSet<&str>,
+        out: &mut HashMap<String, Described>,
+    ) -> Result<usize, AwsError> {
+        let mut next_token: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = self.describe_page(filter.clone(), next_token.take()).await?;
+            pages += 1;
+            for (id, facts) in instances(&page).filter_map(facts_of) {
+                if wanted.contains(id) {
+                    let described =
+                        facts.map_or_else(|| Described::without_facts(Observation::NotFound), Described::found);
+                    out.insert(id.to_string(), described);
+                }
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                _ => return Ok(pages),
+            }
+        }
+    }
+
+    /// One DescribeInstances call (rate-limited, counted), its answer read by the lean reader.
+    async fn describe_page(
+        &self,
+        filter: Filter,
+        next_token: Option<String>,
+    ) -> Result<DescribeInstancesOutput, AwsError> {
+        self.describe_limit.acquire().await;
+        let result = self
+            .client
+            .describe_instances()
+            .filters(filter)
+            .max_results(PAGE_SIZE)
+            .set_next_token(next_token)
+            .customize()
+            .interceptor(LeanDescribeAnswers)
+            .send()
+            .await
+            .map_err(|e| from_sdk(Service::Ec2, "DescribeInstances", e));
+        self.record("DescribeInstances", &self.describe_limit, &result).await;
+        result
+    }
+}
