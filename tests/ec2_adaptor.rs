@@ -771,13 +771,15 @@ async fn double_answers_malformed_requests_with_errors() {
     assert!(double.requests().is_empty());
 }
 
-/// The lean reading of DescribeInstances answers (`aws::describe_answer`, one quick-xml pass) and
-/// the SDK's full one agree, on moto's answers, on everything the operator reads: state, the five
-/// options and their state, launch time, and the kept tags with their (escaped) values; the
-/// other tags are dropped.
+/// The lean reading of DescribeInstances answers (`aws::describe_answer`, one quick-xml pass,
+/// what `Ec2::describe_instances` returns) and the SDK's full one agree, on moto's answers, on
+/// everything the operator reads: the five options and their state, launch time, the kept tag
+/// keys (the record's, the first key IMDS cannot serve), the launch source an (escaped) tag value
+/// names; a terminated instance is not found.
 #[tokio::test]
 async fn moto_lean_and_sdk_readings_of_describe_agree() -> Result<()> {
-    use imds_operator::aws::describe_answer::LeanDescribeAnswers;
+    use imds_core::launch_source::launch_source;
+    use imds_operator::aws::ec2::observed_from;
     let moto = Moto::start()?;
     let record_tag = imds_operator::aws::ec2::ORIGINAL_OPTIONS_TAG;
     let tags = [
@@ -789,54 +791,52 @@ async fn moto_lean_and_sdk_readings_of_describe_agree() -> Result<()> {
     ];
     let ids = moto.run_instances(3, &tags).await?;
     let client = moto.ec2_client().await;
+    client
+        .terminate_instances()
+        .instance_ids(ids[2].clone())
+        .send()
+        .await
+        .context("terminating one")?;
     let full = client
         .describe_instances()
         .set_instance_ids(Some(ids.clone()))
         .send()
         .await?;
-    let lean = client
-        .describe_instances()
-        .set_instance_ids(Some(ids.clone()))
-        .customize()
-        .interceptor(LeanDescribeAnswers)
-        .send()
-        .await?;
-    let instances = |o: &aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput| {
-        o.reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .cloned()
-            .collect::<Vec<_>>()
-    };
-    let (full, lean) = (instances(&full), instances(&lean));
-    assert_eq!(full.len(), 3);
+    let (ec2, _) = adaptor(client);
+    let lean = ec2.describe_instances(&ids).await;
     assert_eq!(lean.len(), 3);
-    let pairs = |i: &aws_sdk_ec2::types::Instance| {
-        i.tags()
-            .iter()
-            .map(|t| (t.key().unwrap_or("").to_string(), t.value().unwrap_or("").to_string()))
-            .collect::<Vec<_>>()
-    };
-    for (f, l) in full.iter().zip(&lean) {
-        assert_eq!(f.instance_id(), l.instance_id());
-        assert_eq!(f.state().and_then(|s| s.name()), l.state().and_then(|s| s.name()));
-        assert_eq!(f.metadata_options(), l.metadata_options(), "{:?}", f.instance_id());
-        assert_eq!(f.launch_time(), l.launch_time());
-        assert_eq!(pairs(f).len(), tags.len(), "moto answers every tag");
-        // Kept: the launch source's and the record's tags, and the first key (in EC2's order)
-        // IMDS cannot serve, whichever of the two slashed keys moto lists first.
-        let first_unservable = pairs(f).into_iter().map(|(k, _)| k).find(|k| k.contains('/'));
-        let kept: Vec<(String, String)> = pairs(f)
-            .into_iter()
-            .filter(|(k, _)| {
-                ["aws:ec2launchtemplate:id", record_tag].contains(&k.as_str()) || Some(k) == first_unservable.as_ref()
-            })
-            .collect();
-        assert_eq!(pairs(l), kept, "{:?}", f.instance_id());
-        assert!(
-            kept.iter().any(|(_, v)| v == "lt-0abc & \"q\""),
-            "escaped values read back"
+    let sdk: Vec<_> = full.reservations().iter().flat_map(|r| r.instances()).collect();
+    assert_eq!(sdk.len(), 3);
+    for f in sdk {
+        let id = f.instance_id().context("an ID")?;
+        let l = &lean[id];
+        let terminated = f.state().and_then(|s| s.name()) == Some(&aws_sdk_ec2::types::InstanceStateName::Terminated);
+        if terminated {
+            assert_eq!(l.observation, Observation::NotFound, "{id}");
+            continue;
+        }
+        assert_eq!(
+            l.observation,
+            Observation::Found(observed_from(f.metadata_options())),
+            "{id}"
         );
+        let launched = f.launch_time().map(|t| t.secs());
+        assert_eq!(l.launched.map(|t| t.as_second()), launched, "{id}");
+        let keys: Vec<&str> = f.tags().iter().filter_map(|t| t.key()).collect();
+        assert_eq!(keys.len(), tags.len(), "moto answers every tag");
+        // Kept: the record's tag and the first key (in EC2's order) IMDS cannot serve,
+        // whichever of the two slashed keys moto lists first.
+        let first_unservable = keys.iter().find(|k| k.contains('/')).copied();
+        let kept: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| *k == record_tag || Some(*k) == first_unservable)
+            .collect();
+        assert_eq!(l.tag_keys, kept, "{id}");
+        let source = launch_source(|key| f.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()));
+        assert_eq!(l.launch_source, source, "{id}");
+        let name = source.map(|s| s.name).unwrap_or_default();
+        assert!(name.starts_with("lt-0abc & \"q\""), "escaped values read back: {name}");
     }
     Ok(())
 }

@@ -3,14 +3,13 @@
 //! (filtered by its `kubernetes.io/cluster/<name>` tag, 1,000 per page) and reading by ID only
 //! those the listing did not show.
 
-use super::describe_answer::{LeanDescribeAnswers, READ_TAG_KEYS};
-use super::ec2::{ClusterListing, Ec2, observed_from};
-use super::error::{AwsError, Service, from_sdk};
-use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
-use aws_sdk_ec2::types::{Filter, Instance, InstanceStateName};
-use imds_core::launch_source::{LaunchSource, launch_source};
+pub use super::describe_answer::InstanceFacts;
+use super::describe_answer::{LeanDescribeAnswers, LeanPage};
+use super::ec2::{ClusterListing, Ec2};
+use super::error::{AwsError, AwsErrorKind, Service, from_sdk};
+use aws_sdk_ec2::types::Filter;
+use imds_core::launch_source::LaunchSource;
 use imds_core::observation::{Failure, Observation};
-use imds_core::options::ObservedOptions;
 use k8s_openapi::jiff::Timestamp;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -19,30 +18,6 @@ use std::sync::atomic::Ordering;
 pub const DESCRIBE_BATCH: usize = 200;
 /// Page size of DescribeInstances (EC2's largest).
 const PAGE_SIZE: i32 = 1000;
-
-/// What DescribeInstances says of one instance, beyond the options.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct InstanceFacts {
-    /// The metadata options.
-    pub options: ObservedOptions,
-    /// The instance's tag keys the operator reads: [`READ_TAG_KEYS`], and the first key IMDS
-    /// cannot serve as instance metadata tags (the tags guard names it). The rest are not kept:
-    /// an EKS instance carries a dozen tags, and the cache holds every instance of the fleet.
-    pub tag_keys: Vec<String>,
-    /// `LaunchTime`.
-    pub launched: Option<Timestamp>,
-    /// The launch template, node group, `EC2NodeClass` or Auto Scaling group its tags name.
-    pub launch_source: Option<LaunchSource>,
-}
-
-/// The keys of `tags` the operator reads (see [`InstanceFacts::tag_keys`]), in EC2's order.
-fn read_tag_keys(tags: &[aws_sdk_ec2::types::Tag]) -> Vec<String> {
-    let keys = tags.iter().filter_map(|t| t.key());
-    let unservable = keys.clone().find(|k| !imds_core::plan::guards::servable_tag_key(k));
-    keys.filter(|k| READ_TAG_KEYS.contains(k) || Some(*k) == unservable)
-        .map(String::from)
-        .collect()
-}
 
 /// One instance as read by [`Ec2::describe_instances`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,33 +61,6 @@ impl Described {
 /// before the first listing, whenever by ID takes more than one call).
 fn listing_pays(listing: &ClusterListing, wanted: usize) -> bool {
     wanted.div_ceil(DESCRIBE_BATCH) > listing.last_pages.load(Ordering::Relaxed).max(1)
-}
-
-/// An instance of a page: its ID, and its facts unless it is terminated or shutting down
-/// (EC2 lists those for about an hour; to the operator they are gone).
-fn facts_of(instance: &Instance) -> Option<(&str, Option<InstanceFacts>)> {
-    let id = instance.instance_id()?;
-    let gone = matches!(
-        instance.state().and_then(|s| s.name()),
-        Some(InstanceStateName::Terminated) | Some(InstanceStateName::ShuttingDown)
-    );
-    if gone {
-        return Some((id, None));
-    }
-    let tags = instance.tags();
-    let facts = InstanceFacts {
-        options: observed_from(instance.metadata_options()),
-        tag_keys: read_tag_keys(tags),
-        launched: instance
-            .launch_time()
-            .and_then(|t| Timestamp::from_second(t.secs()).ok()),
-        launch_source: launch_source(|key| tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())),
-    };
-    Some((id, Some(facts)))
-}
-
-fn instances(page: &DescribeInstancesOutput) -> impl Iterator<Item = &Instance> {
-    page.reservations().iter().flat_map(|r| r.instances())
 }
 
 impl Ec2 {
@@ -196,27 +144,25 @@ impl Ec2 {
         loop {
             let page = self.describe_page(filter.clone(), next_token.take()).await?;
             pages += 1;
-            for (id, facts) in instances(&page).filter_map(facts_of) {
-                if wanted.contains(id) {
-                    let described =
-                        facts.map_or_else(|| Described::without_facts(Observation::NotFound), Described::found);
-                    out.insert(id.to_string(), described);
+            for listed in page.instances {
+                if wanted.contains(listed.instance_id.as_str()) {
+                    let described = listed
+                        .facts
+                        .map_or_else(|| Described::without_facts(Observation::NotFound), Described::found);
+                    out.insert(listed.instance_id, described);
                 }
             }
-            match page.next_token() {
-                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+            match page.next_token {
+                Some(token) if !token.is_empty() => next_token = Some(token),
                 _ => return Ok(pages),
             }
         }
     }
 
     /// One DescribeInstances call (rate-limited, counted), its answer read by the lean reader.
-    async fn describe_page(
-        &self,
-        filter: Filter,
-        next_token: Option<String>,
-    ) -> Result<DescribeInstancesOutput, AwsError> {
+    async fn describe_page(&self, filter: Filter, next_token: Option<String>) -> Result<LeanPage, AwsError> {
         self.describe_limit.acquire().await;
+        let lean = LeanDescribeAnswers::default();
         let result = self
             .client
             .describe_instances()
@@ -224,11 +170,20 @@ impl Ec2 {
             .max_results(PAGE_SIZE)
             .set_next_token(next_token)
             .customize()
-            .interceptor(LeanDescribeAnswers)
+            .interceptor(lean.clone())
             .send()
             .await
             .map_err(|e| from_sdk(Service::Ec2, "DescribeInstances", e));
         self.record("DescribeInstances", &self.describe_limit, &result).await;
-        result
+        result?;
+        // A successful call was read by the lean deserializer, which left its page.
+        lean.take_page().ok_or_else(|| {
+            AwsError::new(
+                "DescribeInstances",
+                AwsErrorKind::Other,
+                "LeanPageMissing",
+                "the DescribeInstances answer was not read".to_string(),
+            )
+        })
     }
 }

@@ -4,19 +4,19 @@
 //! it in the decoder's tokens and scopes (re-reading an element to its end to drop it), ~17% in
 //! the tag lists alone. [`LeanDescribeAnswers`] (an interceptor on the DescribeInstances call)
 //! puts [`LeanDeserializer`] in the operation's configuration in place of the SDK's: a success
-//! answer is read in one pass by `quick-xml`'s borrowing reader (no allocation per element) into
-//! the SDK's own output types, keeping the instance ID, state, metadata options, launch time and
-//! the tags the operator reads (those of the record and the launch source, and the first key IMDS
-//! cannot serve). An error answer is read for what the SDK's error deserializer reads of it (code,
-//! message, request ID), so retries and the classification of errors are unchanged.
+//! answer is read in one pass by `quick-xml`'s borrowing reader (no allocation per element)
+//! straight into [`InstanceFacts`] — the instance ID, whether it is gone, metadata options,
+//! launch time, the tag keys the operator reads (the record's, the first key IMDS cannot serve)
+//! and the launch source its tags name. The page is handed over through the interceptor
+//! ([`LeanDescribeAnswers::take_page`]); the SDK's output carries only the `nextToken`: its
+//! `Instance` has ~60 fields, and building, moving and dropping 5,000 of them per resync was
+//! `perf`'s next cost after the reading. An error answer is read for what the SDK's error
+//! deserializer reads of it (code, message, request ID), so retries and the classification of
+//! errors are unchanged.
 
 use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesError;
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
-use aws_sdk_ec2::types::{
-    HttpTokensState, Instance, InstanceMetadataEndpointState, InstanceMetadataOptionsState,
-    InstanceMetadataProtocolState, InstanceMetadataTagsState, InstanceState, InstanceStateName, Reservation, Tag,
-};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::{
@@ -27,30 +27,73 @@ use aws_smithy_runtime_api::client::ser_de::{DeserializeResponse, SharedResponse
 use aws_smithy_types::DateTime;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::date_time::Format;
+use imds_core::api::{HttpTokens, Toggle};
+use imds_core::launch_source::{LaunchSource, SOURCE_TAGS, launch_source};
+use imds_core::options::{ApplyState, ObservedOptions};
+use k8s_openapi::jiff::Timestamp;
 use quick_xml::events::{BytesRef, Event};
 use quick_xml::reader::Reader;
+use std::sync::{Arc, Mutex};
 
 /// The instance tag in which versions before 0.2 recorded an instance's original options. It is
 /// never read now (anyone with `ec2:CreateTags` could forge it); the record is kept in the cluster
 /// (`controller::records`).
 pub const ORIGINAL_OPTIONS_TAG: &str = "imds-operator.io:original-options";
 
-/// The tag keys [`super::ec2::InstanceFacts::tag_keys`] always keeps.
+/// The tag keys [`InstanceFacts::tag_keys`] always keeps.
 pub const READ_TAG_KEYS: &[&str] = &[ORIGINAL_OPTIONS_TAG];
 
-/// Whether an instance's tag is kept: the tags the operator reads ([`READ_TAG_KEYS`],
-/// the launch source's), and the first key IMDS cannot serve (`first_unservable` is true until
-/// one has been kept).
-fn kept_tag(key: &str, first_unservable: bool) -> bool {
-    READ_TAG_KEYS.contains(&key)
-        || imds_core::launch_source::SOURCE_TAGS.contains(&key)
-        || (first_unservable && !imds_core::plan::guards::servable_tag_key(key))
+/// What DescribeInstances says of one instance, beyond the options.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct InstanceFacts {
+    /// The metadata options.
+    pub options: ObservedOptions,
+    /// The instance's tag keys the operator reads: [`READ_TAG_KEYS`], and the first key IMDS
+    /// cannot serve as instance metadata tags (the tags guard names it). The rest are not kept:
+    /// an EKS instance carries a dozen tags, and the cache holds every instance of the fleet.
+    pub tag_keys: Vec<String>,
+    /// `LaunchTime`.
+    pub launched: Option<Timestamp>,
+    /// The launch template, node group, `EC2NodeClass` or Auto Scaling group its tags name.
+    pub launch_source: Option<LaunchSource>,
 }
 
+/// One instance of a page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedInstance {
+    /// Its ID.
+    pub instance_id: String,
+    /// Its facts; `None` when it is terminated or shutting down (EC2 lists those for about an
+    /// hour; to the operator they are gone).
+    pub facts: Option<InstanceFacts>,
+}
+
+/// One DescribeInstances answer as the operator reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeanPage {
+    /// The instances, in the answer's order.
+    pub instances: Vec<ListedInstance>,
+    /// The token of the next page, if there is one.
+    pub next_token: Option<String>,
+}
+
+/// Where the deserializer leaves the page it read for the caller.
+type PageSlot = Arc<Mutex<Option<LeanPage>>>;
+
 /// Puts [`LeanDeserializer`] in place of the SDK's deserializer for one DescribeInstances call
-/// (all its attempts).
-#[derive(Debug, Default)]
-pub struct LeanDescribeAnswers;
+/// (all its attempts); the page it read is then [`LeanDescribeAnswers::take_page`]. Give the
+/// call a clone and keep one.
+#[derive(Clone, Debug, Default)]
+pub struct LeanDescribeAnswers {
+    page: PageSlot,
+}
+
+impl LeanDescribeAnswers {
+    /// The page of the call's successful attempt (taken: a second call gives `None`).
+    pub fn take_page(&self) -> Option<LeanPage> {
+        self.page.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
+}
 
 impl Intercept for LeanDescribeAnswers {
     fn name(&self) -> &'static str {
@@ -62,16 +105,22 @@ impl Intercept for LeanDescribeAnswers {
         _context: &BeforeSerializationInterceptorContextRef<'_>,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        let deserializer = LeanDeserializer {
+            page: self.page.clone(),
+        };
         cfg.interceptor_state()
-            .store_put(SharedResponseDeserializer::new(LeanDeserializer));
+            .store_put(SharedResponseDeserializer::new(deserializer));
         Ok(())
     }
 }
 
-/// Reads a success answer with [`parse`], an error answer for its code, message and request ID
-/// (what the SDK's error deserializer reads of an EC2 error).
+/// Reads a success answer with [`parse`] into the slot of its [`LeanDescribeAnswers`] (the SDK's
+/// output keeps only the `nextToken`), an error answer for its code, message and request ID (what
+/// the SDK's error deserializer reads of an EC2 error).
 #[derive(Debug)]
-pub struct LeanDeserializer;
+pub struct LeanDeserializer {
+    page: PageSlot,
+}
 
 impl DeserializeResponse for LeanDeserializer {
     fn deserialize_nonstreaming(&self, response: &HttpResponse) -> OutputOrError {
@@ -80,9 +129,12 @@ impl DeserializeResponse for LeanDeserializer {
             let error = DescribeInstancesError::generic(error_metadata(body));
             return Err(OrchestratorError::operation(Error::erase(error)));
         }
-        parse(body)
-            .map(Output::erase)
-            .map_err(|e| OrchestratorError::response(Box::new(e)))
+        let page = parse(body).map_err(|e| OrchestratorError::response(Box::new(e)))?;
+        let output = DescribeInstancesOutput::builder()
+            .set_next_token(page.next_token.clone())
+            .build();
+        *self.page.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(page);
+        Ok(Output::erase(output))
     }
 }
 
@@ -196,16 +248,18 @@ impl OptionField {
     }
 }
 
-/// What is read of one instance so far (plain fields: the SDK's `Instance` builder is built once,
-/// at the end, not moved for every element).
+/// What is read of one instance so far.
 #[derive(Default)]
 struct InstanceReading {
     id: Option<String>,
-    state: Option<InstanceStateName>,
-    launched: Option<DateTime>,
-    options: Option<aws_sdk_ec2::types::builders::InstanceMetadataOptionsResponseBuilder>,
-    tags: Vec<Tag>,
-    unservable_kept: bool,
+    gone: bool,
+    launched: Option<Timestamp>,
+    options: Option<ObservedOptions>,
+    tag_keys: Vec<String>,
+    /// The launch source's tags (key, value).
+    source_tags: Vec<(&'static str, String)>,
+    /// Whether the first tag key IMDS cannot serve has been seen.
+    unservable_seen: bool,
     /// The key of the tag being read, when it is kept.
     tag_key: Option<String>,
     /// The value of the tag being read (a buffer reused across tags: most are not kept), and
@@ -221,14 +275,13 @@ struct AnswerReading {
     open: Vec<Element>,
     /// The text of the innermost open element (entities resolved).
     text: String,
-    reservations: Vec<Reservation>,
-    instances: Vec<Instance>,
+    instances: Vec<ListedInstance>,
     instance: Option<InstanceReading>,
     next_token: Option<String>,
 }
 
 /// A DescribeInstances success body, with only what the operator reads.
-pub fn parse(body: &[u8]) -> Result<DescribeInstancesOutput, AnswerError> {
+pub fn parse(body: &[u8]) -> Result<LeanPage, AnswerError> {
     let mut reader = Reader::from_reader(body);
     let mut answer = AnswerReading::default();
     let mut seen_root = false;
@@ -275,10 +328,10 @@ pub fn parse(body: &[u8]) -> Result<DescribeInstancesOutput, AnswerError> {
     if !seen_root || !answer.open.is_empty() {
         return Err(AnswerError::Shape("the answer ends before its root element closes"));
     }
-    Ok(DescribeInstancesOutput::builder()
-        .set_reservations(Some(answer.reservations))
-        .set_next_token(answer.next_token)
-        .build())
+    Ok(LeanPage {
+        instances: answer.instances,
+        next_token: answer.next_token,
+    })
 }
 
 /// The character an entity or character reference stands for.
@@ -338,14 +391,9 @@ impl AnswerReading {
         match self.open.as_slice() {
             [] => return Err(AnswerError::Shape("an end tag with no open element")),
             [Element::Response, Element::NextToken] => self.next_token = Some(text.to_string()),
-            [.., Element::ReservationSet, Element::Item] => {
-                let instances = std::mem::take(&mut self.instances);
-                self.reservations
-                    .push(Reservation::builder().set_instances(Some(instances)).build());
-            }
             [.., Element::InstancesSet, Element::Item] => {
-                if let Some(instance) = self.instance.take() {
-                    self.instances.push(instance.build());
+                if let Some(listed) = self.instance.take().and_then(InstanceReading::listed) {
+                    self.instances.push(listed);
                 }
             }
             [.., Element::InstancesSet, Element::Item, field] => {
@@ -361,7 +409,7 @@ impl AnswerReading {
                 Element::Name,
             ] => {
                 if let Some(instance) = &mut self.instance {
-                    instance.state = Some(InstanceStateName::from(text));
+                    instance.gone = matches!(text, "terminated" | "shutting-down");
                 }
             }
             [
@@ -406,38 +454,48 @@ impl InstanceReading {
             Element::LaunchTime => {
                 let launched = DateTime::from_str(text, Format::DateTimeWithOffset)
                     .map_err(|_| AnswerError::Shape("launchTime is not a timestamp"))?;
-                self.launched = Some(launched);
+                self.launched = Timestamp::from_second(launched.secs()).ok();
             }
             Element::MetadataOptions => {
-                self.options.get_or_insert_with(Default::default);
+                self.options.get_or_insert_with(ObservedOptions::default);
             }
             _ => {}
         }
         Ok(())
     }
 
-    /// The end of one of the `metadataOptions`.
+    /// The end of one of the `metadataOptions` (EC2's spellings; anything else is unknown, and a
+    /// hop limit outside EC2's 1–64 too).
     fn end_option(&mut self, field: OptionField, text: &str) -> Result<(), AnswerError> {
-        let options = self.options.take().unwrap_or_default();
-        self.options = Some(match field {
-            OptionField::State => options.state(InstanceMetadataOptionsState::from(text)),
-            OptionField::HttpTokens => options.http_tokens(HttpTokensState::from(text)),
-            OptionField::HopLimit => options.http_put_response_hop_limit(
-                text.trim()
+        let options = self.options.get_or_insert_with(Default::default);
+        let values = &mut options.values;
+        match field {
+            OptionField::State => {
+                options.state = if text == "pending" {
+                    ApplyState::Pending
+                } else {
+                    ApplyState::Applied
+                }
+            }
+            OptionField::HttpTokens => values.http_tokens = HttpTokens::from_ec2(text),
+            OptionField::HopLimit => {
+                let hop: i32 = text
+                    .trim()
                     .parse()
-                    .map_err(|_| AnswerError::Shape("httpPutResponseHopLimit is not an integer"))?,
-            ),
-            OptionField::HttpEndpoint => options.http_endpoint(InstanceMetadataEndpointState::from(text)),
-            OptionField::HttpProtocolIpv6 => options.http_protocol_ipv6(InstanceMetadataProtocolState::from(text)),
-            OptionField::InstanceMetadataTags => options.instance_metadata_tags(InstanceMetadataTagsState::from(text)),
-        });
+                    .map_err(|_| AnswerError::Shape("httpPutResponseHopLimit is not an integer"))?;
+                values.http_put_response_hop_limit = Some(hop).filter(|h| (1..=64).contains(h));
+            }
+            OptionField::HttpEndpoint => values.http_endpoint = Toggle::from_ec2(text),
+            OptionField::HttpProtocolIpv6 => values.http_protocol_ipv6 = Toggle::from_ec2(text),
+            OptionField::InstanceMetadataTags => values.instance_metadata_tags = Toggle::from_ec2(text),
+        }
         Ok(())
     }
 
-    /// The end of a tag's `key` (kept only when [`kept_tag`] says so) or `value`.
+    /// The end of a tag's `key` (kept when [`InstanceReading::keeps`] says so) or `value`.
     fn end_tag_field(&mut self, field: Element, text: &str) {
         match field {
-            Element::Key if kept_tag(text, !self.unservable_kept) => self.tag_key = Some(text.to_string()),
+            Element::Key if self.keeps(text) => self.tag_key = Some(text.to_string()),
             Element::Key => self.tag_key = None,
             Element::Value => {
                 self.tag_value.clear();
@@ -448,30 +506,54 @@ impl InstanceReading {
         }
     }
 
-    /// The end of a tag: kept when its key is.
+    /// Whether the tag `key` is read: [`READ_TAG_KEYS`], the launch source's tags, and the first
+    /// key IMDS cannot serve.
+    fn keeps(&self, key: &str) -> bool {
+        READ_TAG_KEYS.contains(&key)
+            || SOURCE_TAGS.contains(&key)
+            || (!self.unservable_seen && !imds_core::plan::guards::servable_tag_key(key))
+    }
+
+    /// The end of a tag: its key is kept among the tag keys (the record's, the first
+    /// unservable), its value when the launch source reads it.
     fn end_tag(&mut self) {
         if let Some(key) = self.tag_key.take() {
-            self.unservable_kept |= !imds_core::plan::guards::servable_tag_key(&key);
-            let value = self.tag_has_value.then(|| self.tag_value.clone());
-            self.tags.push(Tag::builder().key(key).set_value(value).build());
+            let first_unservable = !self.unservable_seen && !imds_core::plan::guards::servable_tag_key(&key);
+            self.unservable_seen |= first_unservable;
+            if let Some(source) = SOURCE_TAGS.iter().find(|s| **s == key)
+                && self.tag_has_value
+            {
+                self.source_tags.push((*source, self.tag_value.clone()));
+            }
+            if first_unservable || READ_TAG_KEYS.contains(&key.as_str()) {
+                self.tag_keys.push(key);
+            }
         }
         self.tag_value.clear();
         self.tag_has_value = false;
     }
 
-    /// The SDK's instance.
-    fn build(self) -> Instance {
-        let mut instance = Instance::builder()
-            .set_instance_id(self.id)
-            .set_launch_time(self.launched)
-            .set_tags(Some(self.tags));
-        if let Some(state) = self.state {
-            instance = instance.state(InstanceState::builder().name(state).build());
+    /// The instance read (none without an ID).
+    fn listed(self) -> Option<ListedInstance> {
+        let instance_id = self.id?;
+        if self.gone {
+            return Some(ListedInstance {
+                instance_id,
+                facts: None,
+            });
         }
-        if let Some(options) = self.options {
-            instance = instance.metadata_options(options.build());
-        }
-        instance.build()
+        let source_tags = self.source_tags;
+        let launch_source = launch_source(|key| source_tags.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str()));
+        let facts = InstanceFacts {
+            options: self.options.unwrap_or_default(),
+            tag_keys: self.tag_keys,
+            launched: self.launched,
+            launch_source,
+        };
+        Some(ListedInstance {
+            instance_id,
+            facts: Some(facts),
+        })
     }
 }
 

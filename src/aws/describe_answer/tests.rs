@@ -44,57 +44,65 @@ const ANSWER: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
   <nextToken>page-2</nextToken>
 </DescribeInstancesResponse>"#;
 
-fn instances(output: &DescribeInstancesOutput) -> Vec<&Instance> {
-    output.reservations().iter().flat_map(|r| r.instances()).collect()
+fn facts(listed: &ListedInstance) -> &InstanceFacts {
+    listed.facts.as_ref().expect("not gone")
 }
 
 #[test]
 fn an_answer_is_read_for_what_the_operator_keeps() {
-    let output = parse(ANSWER.as_bytes()).expect("a well-formed answer");
-    assert_eq!(output.next_token(), Some("page-2"));
-    let found = instances(&output);
-    assert_eq!(found.len(), 2);
-    let first = found[0];
-    assert_eq!(first.instance_id(), Some("i-1234567890abcdef0"));
-    assert_eq!(first.state().and_then(|s| s.name()), Some(&InstanceStateName::Running));
+    let page = parse(ANSWER.as_bytes()).expect("a well-formed answer");
+    assert_eq!(page.next_token.as_deref(), Some("page-2"));
+    assert_eq!(page.instances.len(), 2);
+    let first = &page.instances[0];
+    assert_eq!(first.instance_id, "i-1234567890abcdef0");
+    let f = facts(first);
+    let launched = Timestamp::from_second(
+        DateTime::from_str("2026-11-30T08:15:00Z", Format::DateTime)
+            .map(|t| t.secs())
+            .unwrap_or(0),
+    )
+    .ok();
+    assert_eq!(f.launched, launched);
+    let values = &f.options.values;
+    assert_eq!(values.http_tokens, Some(HttpTokens::Optional));
+    assert_eq!(values.http_put_response_hop_limit, Some(2));
+    assert_eq!(values.http_endpoint, Some(Toggle::Enabled));
+    assert_eq!(values.http_protocol_ipv6, Some(Toggle::Disabled));
+    assert_eq!(values.instance_metadata_tags, Some(Toggle::Disabled));
+    assert_eq!(f.options.state, ApplyState::Applied);
+    // Kept: the first key IMDS cannot serve and the record's, not the others (a second
+    // unservable key included); the node group's tag names the launch source.
     assert_eq!(
-        first.launch_time().map(|t| t.secs()),
-        Some(
-            DateTime::from_str("2026-11-30T08:15:00Z", Format::DateTime)
-                .map(|t| t.secs())
-                .unwrap_or(0)
+        f.tag_keys,
+        ["kubernetes.io/cluster/demo", "imds-operator.io:original-options"]
+    );
+    let source = f.launch_source.as_ref().expect("a launch source");
+    assert_eq!((source.kind, source.name.as_str()), ("NodeGroup", "workers"));
+    let second = facts(&page.instances[1]);
+    assert_eq!(second.options.state, ApplyState::Pending);
+    assert_eq!(second.options.values.http_tokens, Some(HttpTokens::Required));
+    assert_eq!(second.options.values.http_put_response_hop_limit, None);
+    assert!(second.tag_keys.is_empty());
+    assert_eq!(second.launch_source, None);
+}
+
+#[test]
+fn gone_instances_and_odd_values() {
+    let body = ANSWER
+        .replace(
+            "<code>16</code><name>running</name>",
+            "<code>48</code><name>terminated</name>",
         )
-    );
-    let options = first.metadata_options().expect("options");
-    assert_eq!(options.http_tokens(), Some(&HttpTokensState::Optional));
-    assert_eq!(options.http_put_response_hop_limit(), Some(2));
-    assert_eq!(options.http_endpoint(), Some(&InstanceMetadataEndpointState::Enabled));
-    assert_eq!(
-        options.http_protocol_ipv6(),
-        Some(&InstanceMetadataProtocolState::Disabled)
-    );
-    assert_eq!(
-        options.instance_metadata_tags(),
-        Some(&InstanceMetadataTagsState::Disabled)
-    );
-    assert_eq!(options.state(), Some(&InstanceMetadataOptionsState::Applied));
-    // Kept: the first key IMDS cannot serve, the launch source's, the record's; not the
-    // others (a second unservable key included).
-    let keys: Vec<&str> = first.tags().iter().filter_map(|t| t.key()).collect();
-    assert_eq!(
-        keys,
-        [
-            "kubernetes.io/cluster/demo",
-            "eks:nodegroup-name",
-            "imds-operator.io:original-options"
-        ]
-    );
-    let second = found[1];
-    assert_eq!(second.state().and_then(|s| s.name()), Some(&InstanceStateName::Pending));
-    let pending = second.metadata_options().expect("options");
-    assert_eq!(pending.state(), Some(&InstanceMetadataOptionsState::Pending));
-    assert_eq!(pending.http_put_response_hop_limit(), None);
-    assert!(second.tags().is_empty());
+        .replace(
+            "<state>pending</state><httpTokens>required</httpTokens>",
+            "<httpTokens>sometimes</httpTokens><httpPutResponseHopLimit>65</httpPutResponseHopLimit>",
+        );
+    let page = parse(body.as_bytes()).expect("a well-formed answer");
+    assert_eq!(page.instances[0].facts, None, "terminated: gone");
+    let odd = facts(&page.instances[1]);
+    assert_eq!(odd.options.values.http_tokens, None, "an unknown spelling is unknown");
+    assert_eq!(odd.options.values.http_put_response_hop_limit, None, "outside 1-64");
+    assert_eq!(odd.options.state, ApplyState::Applied, "no state: applied");
 }
 
 #[test]
@@ -103,13 +111,12 @@ fn escaped_tag_values_are_unescaped() {
         "<key>eks:nodegroup-name</key><value>workers</value>",
         "<key>eks:nodegroup-name</key><value>a &amp; b</value>",
     );
-    let output = parse(body.as_bytes()).expect("a well-formed answer");
-    let tag = instances(&output)[0]
-        .tags()
-        .iter()
-        .find(|t| t.key() == Some("eks:nodegroup-name"))
-        .and_then(|t| t.value().map(String::from));
-    assert_eq!(tag.as_deref(), Some("a & b"));
+    let page = parse(body.as_bytes()).expect("a well-formed answer");
+    let source = facts(&page.instances[0])
+        .launch_source
+        .clone()
+        .expect("a launch source");
+    assert_eq!(source.name, "a & b");
 }
 
 #[test]
@@ -136,8 +143,8 @@ fn what_is_not_an_answer_is_refused() {
         assert!(parse(body.as_bytes()).is_err(), "{why}: read as an answer");
     }
     let empty = parse(b"<DescribeInstancesResponse><reservationSet/></DescribeInstancesResponse>").expect("empty");
-    assert!(instances(&empty).is_empty());
-    assert_eq!(empty.next_token(), None);
+    assert!(empty.instances.is_empty());
+    assert_eq!(empty.next_token, None);
 }
 
 #[test]
