@@ -6,7 +6,7 @@
 //!
 //! - P1: convergence at EC2's Modify bucket (and without it), the peer (Cloud Custodian) beside.
 //! - P2: a quiet steady state: calls and CPU per resync (P2R with a converged fleet's records,
-//!   P2C with the cluster's name, listing its instances by tag).
+//!   P2C with `--cluster-name`, P2I with instances that lack the cluster's tag, read by ID).
 //! - P3: a joining node's Modify latency.
 //! - P4: memory after the initial list (and a re-list) of many Nodes.
 //! - P5: several operators sharing one account's bucket.
@@ -34,7 +34,7 @@ use std::time::Instant;
 use common::Report;
 
 /// Every figure, in the order they run.
-const FIGURES: [&str; 10] = ["P1", "PEER", "P1U", "P2", "P2R", "P2C", "P3", "P4", "P5", "P5X"];
+const FIGURES: [&str; 11] = ["P1", "PEER", "P1U", "P2", "P2R", "P2C", "P2I", "P3", "P4", "P5", "P5X"];
 
 /// The figures to run: `IMDS_BENCH` (comma-separated, case-insensitive), default all.
 pub struct Selection(BTreeSet<String>);
@@ -79,9 +79,10 @@ fn main() {
             report.failed("P1", &e);
         }
         for (figure, variant) in [
-            ("P2", p2::Variant::ById),
+            ("P2", p2::Variant::Defaults),
             ("P2R", p2::Variant::WithRecords),
-            ("P2C", p2::Variant::ClusterListing),
+            ("P2C", p2::Variant::ClusterName),
+            ("P2I", p2::Variant::Untagged),
         ] {
             if selection.has(figure)
                 && let Err(e) = p2::run(&mut report, variant).await

@@ -1,7 +1,8 @@
 //! Tier-2 tests of the EC2 adaptor's cluster listing (`Ec2::with_cluster_listing`,
-//! `imds_operator::aws::describe`): with the cluster's name, a large refresh lists the instances
-//! tagged `kubernetes.io/cluster/<name>` (1,000 per DescribeInstances page) and reads by ID only
-//! the instances asked for that the listing did not show. Against the EC2 double (pages,
+//! `imds_operator::aws::describe`): with the cluster's tag (given, or learnt from instances read
+//! by ID), a large refresh lists the instances tagged `kubernetes.io/cluster/<name>` (1,000 per
+//! DescribeInstances page) and reads by ID only the instances asked for that the listing did not
+//! show. Against the EC2 double (pages,
 //! terminated instances, another cluster's instances, failures) and moto (the listing and the
 //! reads by ID agree).
 
@@ -170,6 +171,64 @@ async fn listing_is_used_only_where_it_takes_fewer_calls() {
     assert_eq!(requests_by_kind(&double), (3, 0), "601 IDs: 4 by ID, listed in 3");
     assert_eq!(answers.len(), 601);
     assert!(answers.values().all(|(o, _)| matches!(o, Observation::Found(_))));
+}
+
+/// Without a cluster name, the tag is learnt when every instance a call by ID found carries the
+/// same one: the first read of 2,450 instances takes 13 calls by ID, the next 3 listing pages.
+#[tokio::test]
+async fn the_cluster_tag_is_learnt_from_the_instances_read_by_id() {
+    let double = Ec2Double::start().await;
+    let ids: Vec<String> = (1..=2450).map(instance_id).collect();
+    for id in &ids {
+        double.add_instance(id, LAUNCH_DEFAULTS, &[(CLUSTER_TAG, "owned"), ("Name", "node")]);
+    }
+    let ec2 = Ec2::new(double.sdk_client().await, FAST, Arc::new(Metrics::new()));
+
+    let first = ec2.describe(&ids).await;
+    assert_eq!(requests_by_kind(&double), (0, 13), "no tag known yet: by ID");
+    double.clear_requests();
+    let second = ec2.describe(&ids).await;
+    assert_eq!(requests_by_kind(&double), (3, 0), "the learnt tag: listed");
+    assert_eq!(first, second);
+
+    // 250 nodes of another cluster join: the listing does not show them, they are read by ID,
+    // and what the listing left over does not replace the learnt tag.
+    let mut with_others = ids.clone();
+    for n in 5001..=5250 {
+        double.add_instance(
+            &instance_id(n),
+            LAUNCH_DEFAULTS,
+            &[("kubernetes.io/cluster/other", "owned")],
+        );
+        with_others.push(instance_id(n));
+    }
+    double.clear_requests();
+    ec2.describe(&with_others).await;
+    assert_eq!(requests_by_kind(&double), (3, 2), "listed, the rest by ID");
+    double.clear_requests();
+    ec2.describe(&with_others).await;
+    assert_eq!(requests_by_kind(&double), (3, 2), "still listed by the learnt tag");
+}
+
+/// Reads whose instances do not all carry the same cluster tag (one without it in each call,
+/// or another cluster's) teach nothing: the next read is by ID again.
+#[tokio::test]
+async fn mixed_reads_teach_no_cluster_tag() {
+    let double = Ec2Double::start().await;
+    let ids: Vec<String> = (1..=400).map(instance_id).collect();
+    for (n, id) in (1..).zip(&ids) {
+        let tags: &[(&str, &str)] = match n {
+            1 => &[("Name", "untagged")],
+            300 => &[("kubernetes.io/cluster/other", "owned")],
+            _ => &[(CLUSTER_TAG, "owned")],
+        };
+        double.add_instance(id, LAUNCH_DEFAULTS, tags);
+    }
+    let ec2 = Ec2::new(double.sdk_client().await, FAST, Arc::new(Metrics::new()));
+    ec2.describe(&ids).await;
+    double.clear_requests();
+    ec2.describe(&ids).await;
+    assert_eq!(requests_by_kind(&double), (0, 2), "nothing learnt: by ID");
 }
 
 /// A listing that fails (throttled through the SDK's three attempts) fails every ID it was to

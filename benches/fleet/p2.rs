@@ -9,8 +9,10 @@
 //! every instance gets the record the operator writes when it moves an instance to IMDSv2 (the
 //! original `httpTokens`, the accepted request, a day old), in the operator's ConfigMaps.
 //!
-//! P2C is P2 with the cluster's name (`--cluster-name`): the resync lists the instances tagged
-//! `kubernetes.io/cluster/<name>`, 1,000 per call; bound ⌈N/1000⌉+1 (the stretch).
+//! The fleet's instances carry EKS's `kubernetes.io/cluster/<name>` tag, so the operator learns it
+//! from its first read by ID and lists the cluster's instances, 1,000 per call: bound ⌈N/1000⌉+1
+//! (the stretch). P2C gives the name (`--cluster-name`) instead; P2I leaves the tag off
+//! the instances, so every resync reads by ID: bound ⌈N/200⌉.
 
 use std::time::{Duration, Instant};
 
@@ -68,6 +70,20 @@ async fn next_burst_end(double: &Ec2Double, operator: &mut Operator, timeout: Du
     }
 }
 
+/// Instances `0..n` of `fleet`, compliant, without the `kubernetes.io/cluster/` tag (self-managed
+/// nodes launched without it).
+fn add_untagged_instances(double: &Ec2Double, fleet: &EksFleet, n: usize) {
+    for i in 0..n {
+        let tags = fleet.instance_tags(i);
+        let tags: Vec<(&str, &str)> = tags
+            .iter()
+            .filter(|(k, _)| !k.starts_with("kubernetes.io/cluster/"))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        double.add_instance(&fleet.instance_id(i), compliant(), &tags);
+    }
+}
+
 /// Writes, for instances `0..n` of `fleet`, the record the operator keeps after moving each to
 /// IMDSv2 a day ago, into its ConfigMaps (`default/imds-operator-records-*`).
 async fn seed_records(cluster: &Cluster, fleet: &EksFleet, n: usize) -> Result<()> {
@@ -112,28 +128,31 @@ async fn seed_records(cluster: &Cluster, fleet: &EksFleet, n: usize) -> Result<(
 /// Which P2 is run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// P2: no records, instances read by ID.
-    ById,
+    /// P2: the defaults (the cluster's tag learnt from the first read).
+    Defaults,
     /// P2R: with a converged fleet's records.
     WithRecords,
-    /// P2C: with the cluster's name, the instances listed by its tag.
-    ClusterListing,
+    /// P2C: with `--cluster-name`.
+    ClusterName,
+    /// P2I: instances without the cluster's tag, read by ID.
+    Untagged,
 }
 
 impl Variant {
     fn figure(self) -> &'static str {
         match self {
-            Variant::ById => "P2",
+            Variant::Defaults => "P2",
             Variant::WithRecords => "P2R",
-            Variant::ClusterListing => "P2C",
+            Variant::ClusterName => "P2C",
+            Variant::Untagged => "P2I",
         }
     }
 
     /// The DescribeInstances calls a resync of `n` instances may take.
     fn bound(self, n: usize) -> (usize, &'static str) {
         match self {
-            Variant::ClusterListing => (n.div_ceil(1000) + 1, "⌈N/1000⌉+1"),
-            _ => (n.div_ceil(200), "⌈N/200⌉"),
+            Variant::Untagged => (n.div_ceil(200), "⌈N/200⌉"),
+            _ => (n.div_ceil(1000) + 1, "⌈N/1000⌉+1"),
         }
     }
 }
@@ -147,14 +166,18 @@ pub async fn run(report: &mut Report, variant: Variant) -> Result<()> {
     let figure = variant.figure();
     let fleet = EksFleet::new("p2");
     let double = account_double(true)?;
-    add_instances(&double, &fleet, 0..n, compliant());
+    if variant == Variant::Untagged {
+        add_untagged_instances(&double, &fleet, n);
+    } else {
+        add_instances(&double, &fleet, 0..n, compliant());
+    }
     let cluster = cluster_with_nodes(&fleet, n).await?;
     if variant == Variant::WithRecords {
         seed_records(&cluster, &fleet, n).await?;
     }
     apply_policy(&cluster).await?;
     let mut flags = vec![format!("--resync-period={resync}")];
-    if variant == Variant::ClusterListing {
+    if variant == Variant::ClusterName {
         flags.push(format!("--cluster-name={}", fleet.cluster()));
     }
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();

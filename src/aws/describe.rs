@@ -1,7 +1,9 @@
 //! DescribeInstances: the instances a refresh asks for, by ID in batches of 200, or — when the
-//! cluster's name is known and that takes fewer calls — by listing the cluster's instances
-//! (filtered by its `kubernetes.io/cluster/<name>` tag, 1,000 per page) and reading by ID only
-//! those the listing did not show.
+//! cluster's tag is known and that takes fewer calls — by listing the cluster's instances
+//! (filtered by its `kubernetes.io/cluster/<name>` tag key, 1,000 per page) and reading by ID only
+//! those the listing did not show. The tag is given (`--cluster-name`) or learnt: when every
+//! instance a call by ID found carries the same single cluster tag. A wrong or stale tag costs
+//! calls, never answers: whatever the listing does not show is read by ID.
 
 pub use super::describe_answer::InstanceFacts;
 use super::describe_answer::{LeanDescribeAnswers, LeanPage};
@@ -56,16 +58,67 @@ impl Described {
     }
 }
 
-/// Whether listing the cluster's instances reads `wanted` instances in fewer calls than asking
-/// for them by ID: ⌈wanted/200⌉ by ID against the pages the last listing took (at least one;
-/// before the first listing, whenever by ID takes more than one call).
-fn listing_pays(listing: &ClusterListing, wanted: usize) -> bool {
-    wanted.div_ceil(DESCRIBE_BATCH) > listing.last_pages.load(Ordering::Relaxed).max(1)
+/// The tag key to list the cluster by, when one is known and listing reads `wanted` instances
+/// in fewer calls than asking for them by ID: ⌈wanted/200⌉ by ID against the pages the last
+/// listing took (at least one; before the first listing, whenever by ID takes more than one call).
+fn listing_key(listing: &ClusterListing, wanted: usize) -> Option<String> {
+    let pays = wanted.div_ceil(DESCRIBE_BATCH) > listing.last_pages.load(Ordering::Relaxed).max(1);
+    if !pays {
+        return None;
+    }
+    listing
+        .tag_key
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+/// Learns the cluster's tag key from the instances one call by ID found, unless it was given.
+fn learn_tag_key(listing: &ClusterListing, seen: ClusterTagsSeen) {
+    let Some(key) = seen.agreed() else {
+        return;
+    };
+    if listing.given {
+        return;
+    }
+    let mut current = listing.tag_key.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if current.as_deref() != Some(key.as_str()) {
+        tracing::info!(tag = %key, "the instances carry one cluster tag: large reads list the cluster's instances by it");
+        *current = Some(key);
+    }
+}
+
+/// The cluster tags of the instances a read found (terminated ones aside).
+#[derive(Debug, Default)]
+struct ClusterTagsSeen {
+    key: Option<String>,
+    found: usize,
+    mixed: bool,
+}
+
+impl ClusterTagsSeen {
+    fn saw(&mut self, key: Option<&str>) {
+        self.mixed |= match (key, self.key.as_deref()) {
+            (Some(k), None) if self.found == 0 => {
+                self.key = Some(k.to_string());
+                false
+            }
+            (Some(k), Some(current)) => k != current,
+            _ => true,
+        };
+        self.found += 1;
+    }
+
+    /// The tag every instance found carries (none when one lacks it or carries another).
+    fn agreed(self) -> Option<String> {
+        self.key.filter(|_| !self.mixed)
+    }
 }
 
 impl Ec2 {
     /// Reads the instances: ⌈N/200⌉ calls for N instances by ID (plus one per extra page), or,
-    /// with a cluster name ([`Ec2::with_cluster_listing`]) when it takes fewer calls, ⌈M/1000⌉
+    /// with the cluster's tag (given by [`Ec2::with_cluster_listing`], or learnt from an earlier
+    /// read by ID) when it takes fewer calls, ⌈M/1000⌉
     /// for the M instances carrying the cluster's tag plus ⌈K/200⌉ for the K asked for that the
     /// listing did not show. Every requested ID gets an observation: found, not found (absent
     /// or terminated), or the error of the call that was to read it.
@@ -83,31 +136,37 @@ impl Ec2 {
         let mut ids: Vec<String> = instance_ids.to_vec();
         ids.sort();
         ids.dedup();
-        if let Some(listing) = &self.listing
-            && listing_pays(listing, ids.len())
-        {
-            self.describe_listed(listing, &ids, &mut out).await;
+        let listing = listing_key(&self.listing, ids.len());
+        if let Some(tag_key) = &listing {
+            self.describe_listed(tag_key, &ids, &mut out).await;
             ids.retain(|id| !out.contains_key(id));
         }
+        // What the listing did not show is no sample of the cluster: nothing is learnt from it.
+        let learn = listing.is_none();
         for chunk in ids.chunks(DESCRIBE_BATCH) {
-            self.describe_chunk(chunk, &mut out).await;
+            self.describe_chunk(chunk, learn, &mut out).await;
         }
         out
     }
 
-    /// Reads `chunk` (at most [`DESCRIBE_BATCH`] IDs) into `out`.
-    async fn describe_chunk(&self, chunk: &[String], out: &mut HashMap<String, Described>) {
+    /// Reads `chunk` (at most [`DESCRIBE_BATCH`] IDs) into `out`; with `learn`, learns the
+    /// cluster's tag from the instances found.
+    async fn describe_chunk(&self, chunk: &[String], learn: bool, out: &mut HashMap<String, Described>) {
         let filter = Filter::builder()
             .name("instance-id")
             .set_values(Some(chunk.to_vec()))
             .build();
         let wanted: HashSet<&str> = chunk.iter().map(String::as_str).collect();
-        if let Err(err) = self.read_pages(filter, &wanted, out).await {
-            let failure = err.to_failure();
-            for id in chunk {
-                out.insert(id.clone(), Described::failed(&failure));
+        match self.read_pages(filter, &wanted, out).await {
+            Ok((_, seen)) if learn => learn_tag_key(&self.listing, seen),
+            Ok(_) => {}
+            Err(err) => {
+                let failure = err.to_failure();
+                for id in chunk {
+                    out.insert(id.clone(), Described::failed(&failure));
+                }
+                return;
             }
-            return;
         }
         for id in chunk {
             out.entry(id.clone())
@@ -117,11 +176,11 @@ impl Ec2 {
 
     /// Lists the cluster's instances into `out`, keeping those of `ids`; the ones it does not
     /// show are left out (the caller reads them by ID). A failed page fails every ID not read yet.
-    async fn describe_listed(&self, listing: &ClusterListing, ids: &[String], out: &mut HashMap<String, Described>) {
-        let filter = Filter::builder().name("tag-key").values(&listing.tag_key).build();
+    async fn describe_listed(&self, tag_key: &str, ids: &[String], out: &mut HashMap<String, Described>) {
+        let filter = Filter::builder().name("tag-key").values(tag_key).build();
         let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
         match self.read_pages(filter, &wanted, out).await {
-            Ok(pages) => listing.last_pages.store(pages, Ordering::Relaxed),
+            Ok((pages, _)) => self.listing.last_pages.store(pages, Ordering::Relaxed),
             Err(err) => {
                 let failure = err.to_failure();
                 for id in ids {
@@ -132,20 +191,25 @@ impl Ec2 {
     }
 
     /// Reads every page `filter` selects, keeping the `wanted` instances in `out` (a terminated
-    /// one as not found). Returns how many pages there were.
+    /// one as not found). Returns how many pages there were and the cluster tags of the
+    /// instances kept.
     async fn read_pages(
         &self,
         filter: Filter,
         wanted: &HashSet<&str>,
         out: &mut HashMap<String, Described>,
-    ) -> Result<usize, AwsError> {
+    ) -> Result<(usize, ClusterTagsSeen), AwsError> {
         let mut next_token: Option<String> = None;
         let mut pages = 0;
+        let mut seen = ClusterTagsSeen::default();
         loop {
             let page = self.describe_page(filter.clone(), next_token.take()).await?;
             pages += 1;
             for listed in page.instances {
                 if wanted.contains(listed.instance_id.as_str()) {
+                    if listed.facts.is_some() {
+                        seen.saw(listed.cluster_tag_key.as_deref());
+                    }
                     let described = listed
                         .facts
                         .map_or_else(|| Described::without_facts(Observation::NotFound), Described::found);
@@ -154,7 +218,7 @@ impl Ec2 {
             }
             match page.next_token {
                 Some(token) if !token.is_empty() => next_token = Some(token),
-                _ => return Ok(pages),
+                _ => return Ok((pages, seen)),
             }
         }
     }

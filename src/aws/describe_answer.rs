@@ -28,6 +28,7 @@ use aws_smithy_types::DateTime;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::date_time::Format;
 use imds_core::api::{HttpTokens, Toggle};
+use imds_core::cluster::CLUSTER_TAG_PREFIX;
 use imds_core::launch_source::{LaunchSource, SOURCE_TAGS, launch_source};
 use imds_core::options::{ApplyState, ObservedOptions};
 use k8s_openapi::jiff::Timestamp;
@@ -63,6 +64,9 @@ pub struct InstanceFacts {
 pub struct ListedInstance {
     /// Its ID.
     pub instance_id: String,
+    /// Its `kubernetes.io/cluster/<name>` tag key, when it has exactly one (how the adaptor learns
+    /// the cluster's tag to list by; not kept in the cache).
+    pub cluster_tag_key: Option<String>,
     /// Its facts; `None` when it is terminated or shutting down (EC2 lists those for about an
     /// hour; to the operator they are gone).
     pub facts: Option<InstanceFacts>,
@@ -260,6 +264,9 @@ struct InstanceReading {
     source_tags: Vec<(&'static str, String)>,
     /// Whether the first tag key IMDS cannot serve has been seen.
     unservable_seen: bool,
+    /// The first `kubernetes.io/cluster/` tag key, and how many there were.
+    cluster_tag_key: Option<String>,
+    cluster_tag_keys: usize,
     /// The key of the tag being read, when it is kept.
     tag_key: Option<String>,
     /// The value of the tag being read (a buffer reused across tags: most are not kept), and
@@ -506,11 +513,12 @@ impl InstanceReading {
         }
     }
 
-    /// Whether the tag `key` is read: [`READ_TAG_KEYS`], the launch source's tags, and the first
-    /// key IMDS cannot serve.
+    /// Whether the tag `key` is read: [`READ_TAG_KEYS`], the launch source's tags, the cluster's
+    /// tag, and the first key IMDS cannot serve.
     fn keeps(&self, key: &str) -> bool {
         READ_TAG_KEYS.contains(&key)
             || SOURCE_TAGS.contains(&key)
+            || key.starts_with(CLUSTER_TAG_PREFIX)
             || (!self.unservable_seen && !imds_core::plan::guards::servable_tag_key(key))
     }
 
@@ -525,6 +533,10 @@ impl InstanceReading {
             {
                 self.source_tags.push((*source, self.tag_value.clone()));
             }
+            if key.starts_with(CLUSTER_TAG_PREFIX) {
+                self.cluster_tag_keys += 1;
+                self.cluster_tag_key.get_or_insert_with(|| key.clone());
+            }
             if first_unservable || READ_TAG_KEYS.contains(&key.as_str()) {
                 self.tag_keys.push(key);
             }
@@ -536,9 +548,11 @@ impl InstanceReading {
     /// The instance read (none without an ID).
     fn listed(self) -> Option<ListedInstance> {
         let instance_id = self.id?;
+        let cluster_tag_key = self.cluster_tag_key.filter(|_| self.cluster_tag_keys == 1);
         if self.gone {
             return Some(ListedInstance {
                 instance_id,
+                cluster_tag_key,
                 facts: None,
             });
         }
@@ -552,6 +566,7 @@ impl InstanceReading {
         };
         Some(ListedInstance {
             instance_id,
+            cluster_tag_key,
             facts: Some(facts),
         })
     }

@@ -13,8 +13,8 @@ use aws_sdk_ec2::types::{
 };
 use imds_core::api::{HttpTokens, MetadataOptions, Toggle};
 use imds_core::options::{ApplyState, FullOptions, ObservedOptions};
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, RwLock};
 
 /// `ModifyInstanceMetadataDefaults` calls per second (EC2's bucket: burst 2, 2 per second).
 pub const DEFAULTS_MODIFY_RATE: f64 = 1.0;
@@ -23,12 +23,16 @@ pub const DEFAULTS_MODIFY_BURST: u32 = 2;
 
 pub use super::describe_answer::ORIGINAL_OPTIONS_TAG;
 
-/// Where the cluster's instances are listed from (`aws::describe`): their tag key, and how many
-/// pages the last listing took (how the next refresh decides whether listing pays).
-#[derive(Clone, Debug)]
+/// How the cluster's instances are listed (`aws::describe`): by their tag key — given
+/// (`--cluster-name`) or learnt from the instances read by ID — and how many pages the last
+/// listing took (how the next refresh decides whether listing pays). Shared by the clones of one
+/// [`Ec2`].
+#[derive(Debug, Default)]
 pub(super) struct ClusterListing {
-    pub(super) tag_key: String,
-    pub(super) last_pages: Arc<AtomicUsize>,
+    pub(super) tag_key: RwLock<Option<String>>,
+    /// Whether `tag_key` was given (then it is never replaced by a learnt one).
+    pub(super) given: bool,
+    pub(super) last_pages: AtomicUsize,
 }
 
 /// Converts EC2's metadata options.
@@ -69,8 +73,8 @@ pub struct Ec2 {
     /// ModifyInstanceMetadataDefaults (sent by `aws::ec2_defaults`).
     pub(super) defaults_modify_limit: Arc<RateLimiter>,
     pub(super) fence: WriteFence,
-    /// Set when the cluster's name is known (see [`Ec2::with_cluster_listing`]).
-    pub(super) listing: Option<ClusterListing>,
+    /// The cluster's tag to list by (see [`Ec2::with_cluster_listing`]).
+    pub(super) listing: Arc<ClusterListing>,
     metrics: Arc<Metrics>,
 }
 
@@ -101,7 +105,7 @@ impl Ec2 {
             modify_limit: Arc::new(RateLimiter::new(limits.modify_burst, limits.modify_per_second)),
             defaults_modify_limit: Arc::new(RateLimiter::new(DEFAULTS_MODIFY_BURST, DEFAULTS_MODIFY_RATE)),
             fence: WriteFence::open(),
-            listing: None,
+            listing: Arc::default(),
             metrics,
         }
     }
@@ -113,14 +117,16 @@ impl Ec2 {
 
     /// Reads large selections by listing the instances of cluster `cluster_name` (those tagged
     /// `kubernetes.io/cluster/<cluster_name>`), 1,000 per DescribeInstances call, when that takes
-    /// fewer calls than asking for them by ID, 200 per call (see [`Ec2::describe`]).
+    /// fewer calls than asking for them by ID, 200 per call (see [`Ec2::describe`]). Without it,
+    /// the tag is learnt from the instances read by ID when all of them carry the same one.
     pub fn with_cluster_listing(self, cluster_name: &str) -> Ec2 {
         let listing = ClusterListing {
-            tag_key: imds_core::cluster::cluster_tag_key(cluster_name),
-            last_pages: Arc::new(AtomicUsize::new(0)),
+            tag_key: RwLock::new(Some(imds_core::cluster::cluster_tag_key(cluster_name))),
+            given: true,
+            last_pages: AtomicUsize::new(0),
         };
         Ec2 {
-            listing: Some(listing),
+            listing: Arc::new(listing),
             ..self
         }
     }

@@ -45,7 +45,8 @@ pub struct RunArgs {
     /// node groups, eksctl, Karpenter and kops set it). When given, a refresh of more instances
     /// than one DescribeInstances call can name (200) lists the cluster's instances by that tag,
     /// 1,000 per call, instead of asking for them by ID (5,000 nodes: 5 calls instead of 25);
-    /// nodes whose instance lacks the tag are still read by ID. Unset: always by ID.
+    /// nodes whose instance lacks the tag are still read by ID. Unset: the tag is learnt once a
+    /// call by ID finds instances that all carry the same `kubernetes.io/cluster/` tag.
     #[arg(long, env = "IMDS_OPERATOR_CLUSTER_NAME", value_parser = cluster_name)]
     pub cluster_name: Option<String>,
     /// At most this many modify requests per reconcile of one policy; the rest follow in the

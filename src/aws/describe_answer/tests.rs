@@ -78,6 +78,8 @@ fn an_answer_is_read_for_what_the_operator_keeps() {
     );
     let source = f.launch_source.as_ref().expect("a launch source");
     assert_eq!((source.kind, source.name.as_str()), ("NodeGroup", "workers"));
+    assert_eq!(first.cluster_tag_key.as_deref(), Some("kubernetes.io/cluster/demo"));
+    assert_eq!(page.instances[1].cluster_tag_key, None, "no cluster tag");
     let second = facts(&page.instances[1]);
     assert_eq!(second.options.state, ApplyState::Pending);
     assert_eq!(second.options.values.http_tokens, Some(HttpTokens::Required));
@@ -99,10 +101,30 @@ fn gone_instances_and_odd_values() {
         );
     let page = parse(body.as_bytes()).expect("a well-formed answer");
     assert_eq!(page.instances[0].facts, None, "terminated: gone");
+    assert_eq!(
+        page.instances[0].cluster_tag_key.as_deref(),
+        Some("kubernetes.io/cluster/demo"),
+        "a gone instance still names its cluster"
+    );
     let odd = facts(&page.instances[1]);
     assert_eq!(odd.options.values.http_tokens, None, "an unknown spelling is unknown");
     assert_eq!(odd.options.values.http_put_response_hop_limit, None, "outside 1-64");
     assert_eq!(odd.options.state, ApplyState::Applied, "no state: applied");
+}
+
+#[test]
+fn an_instance_of_two_clusters_names_none() {
+    let body = ANSWER.replace(
+        "<item><key>team/owner</key>",
+        "<item><key>kubernetes.io/cluster/other</key><value>shared</value></item><item><key>team/owner</key>",
+    );
+    let page = parse(body.as_bytes()).expect("a well-formed answer");
+    assert_eq!(page.instances[0].cluster_tag_key, None);
+    assert_eq!(
+        facts(&page.instances[0]).tag_keys,
+        ["kubernetes.io/cluster/demo", "imds-operator.io:original-options"],
+        "only the first unservable key is kept"
+    );
 }
 
 #[test]
