@@ -8,6 +8,9 @@
 //! Every test starts its own server. Run with `cargo test --test ec2_adaptor`; the moto tests
 //! need `hack/setup-moto.sh` (run on demand by the harness, cached afterwards).
 
+mod ec2_common;
+
+use ec2_common::{FAST, HARDENED, LAUNCH_DEFAULTS, instance_id};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,36 +22,10 @@ use imds_core::observation::{FailureKind, Observation};
 use imds_core::options::{ApplyState, Field, FullOptions, ObservedOptions};
 use imds_operator::aws::AwsErrorKind;
 use imds_operator::aws::describe::DESCRIBE_BATCH;
-use imds_operator::aws::ec2::{Ec2, RateLimits};
+use imds_operator::aws::ec2::Ec2;
 use imds_operator::telemetry::metrics::Metrics;
 use imds_test_support::Moto;
 use imds_test_support::ec2_double::{DESCRIBE, Ec2Double, MODIFY, OPTION_PARAMS};
-
-/// Client-side limits high enough never to slow a test down.
-const FAST: RateLimits = RateLimits {
-    describe_per_second: 1000.0,
-    describe_burst: 1000,
-    modify_per_second: 1000.0,
-    modify_burst: 1000,
-};
-
-/// What an instance launched without metadata options has.
-const LAUNCH_DEFAULTS: FullOptions = FullOptions {
-    http_tokens: HttpTokens::Optional,
-    hop_limit: 1,
-    http_endpoint: Toggle::Enabled,
-    http_protocol_ipv6: Toggle::Disabled,
-    instance_metadata_tags: Toggle::Disabled,
-};
-
-/// A typical target: IMDSv2 only, hop limit 2 for pods.
-const HARDENED: FullOptions = FullOptions {
-    http_tokens: HttpTokens::Required,
-    hop_limit: 2,
-    http_endpoint: Toggle::Enabled,
-    http_protocol_ipv6: Toggle::Disabled,
-    instance_metadata_tags: Toggle::Disabled,
-};
 
 /// Every option away from the launch defaults.
 const ALL_CHANGED: FullOptions = FullOptions {
@@ -58,11 +35,6 @@ const ALL_CHANGED: FullOptions = FullOptions {
     http_protocol_ipv6: Toggle::Enabled,
     instance_metadata_tags: Toggle::Enabled,
 };
-
-/// A well-formed (17 hex digits) instance ID.
-fn instance_id(n: u64) -> String {
-    format!("i-{n:017x}")
-}
 
 fn adaptor(client: aws_sdk_ec2::Client) -> (Ec2, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());

@@ -6,46 +6,21 @@
 //! terminated instances, another cluster's instances, failures) and moto (the listing and the
 //! reads by ID agree).
 
+mod ec2_common;
+
+use ec2_common::{FAST, HARDENED, LAUNCH_DEFAULTS, instance_id};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Result;
-use imds_core::api::{HttpTokens, Toggle};
 use imds_core::observation::{FailureKind, Observation};
-use imds_core::options::FullOptions;
-use imds_operator::aws::ec2::{Ec2, RateLimits};
+use imds_operator::aws::ec2::Ec2;
 use imds_operator::telemetry::metrics::Metrics;
 use imds_test_support::Moto;
 use imds_test_support::ec2_double::{DESCRIBE, Ec2Double};
 
 const CLUSTER: &str = "prod";
 const CLUSTER_TAG: &str = "kubernetes.io/cluster/prod";
-
-/// Client-side limits high enough never to slow a test down.
-const FAST: RateLimits = RateLimits {
-    describe_per_second: 1000.0,
-    describe_burst: 1000,
-    modify_per_second: 1000.0,
-    modify_burst: 1000,
-};
-
-const LAUNCH_DEFAULTS: FullOptions = FullOptions {
-    http_tokens: HttpTokens::Optional,
-    hop_limit: 1,
-    http_endpoint: Toggle::Enabled,
-    http_protocol_ipv6: Toggle::Disabled,
-    instance_metadata_tags: Toggle::Disabled,
-};
-
-const HARDENED: FullOptions = FullOptions {
-    http_tokens: HttpTokens::Required,
-    hop_limit: 2,
-    ..LAUNCH_DEFAULTS
-};
-
-fn instance_id(n: u64) -> String {
-    format!("i-{n:017x}")
-}
 
 fn listing_adaptor(client: aws_sdk_ec2::Client) -> Ec2 {
     Ec2::new(client, FAST, Arc::new(Metrics::new())).with_cluster_listing(CLUSTER)
