@@ -71,11 +71,12 @@ pub async fn state(policy: &InstanceMetadataPolicy, ctx: &Context, observed: &Ob
         annotation: policy.annotations().get(RESUME_ANNOTATION).cloned(),
     };
     let window = Duration::from_secs(policy.spec.rollout.halt_on_not_ready_within_seconds.max(0) as u64);
-    let records = ctx
-        .records
-        .valid_where(&observed.instance_ids, |r| r.change.is_some())
-        .await;
+    // Only changes younger than both windows can halt or be verified: the records of a fleet
+    // converged long ago are not copied out (`perf`: 14% of a quiet resync with 5,000 records).
+    let horizon = window.max(verify_window(policy).unwrap_or_default());
     let now = Timestamp::now();
+    let within = |r: &InstanceRecord| r.change.as_ref().is_some_and(|c| record::age(c.at, now) < horizon);
+    let records = ctx.records.valid_where(&observed.instance_ids, within).await;
     let recent = recent_changes(&records, now);
     let is_ready = |node: &str| observed.readiness.get(node).copied().flatten();
     let watch = Watch {
