@@ -490,7 +490,7 @@ impl InstanceReading {
                     .trim()
                     .parse()
                     .map_err(|_| AnswerError::Shape("httpPutResponseHopLimit is not an integer"))?;
-                values.http_put_response_hop_limit = Some(hop).filter(|h| (1..=64).contains(h));
+                values.http_put_response_hop_limit = Some(hop).filter(|h| imds_core::options::HOP_LIMITS.contains(h));
             }
             OptionField::HttpEndpoint => values.http_endpoint = Toggle::from_ec2(text),
             OptionField::HttpProtocolIpv6 => values.http_protocol_ipv6 = Toggle::from_ec2(text),

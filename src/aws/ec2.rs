@@ -45,7 +45,9 @@ pub fn observed_from(response: Option<&InstanceMetadataOptionsResponse>) -> Obse
         values: MetadataOptions {
             http_tokens: r.http_tokens().and_then(|t| HttpTokens::from_ec2(t.as_str())),
             // EC2 documents 1–64; anything else is unknown (a request never carries it).
-            http_put_response_hop_limit: r.http_put_response_hop_limit().filter(|h| (1..=64).contains(h)),
+            http_put_response_hop_limit: r
+                .http_put_response_hop_limit()
+                .filter(|h| imds_core::options::HOP_LIMITS.contains(h)),
             http_endpoint: r.http_endpoint().and_then(|v| toggle(v.as_str())),
             http_protocol_ipv6: r.http_protocol_ipv6().and_then(|v| toggle(v.as_str())),
             instance_metadata_tags: r.instance_metadata_tags().and_then(|v| toggle(v.as_str())),

@@ -19,7 +19,9 @@ pub fn defaults_from(response: Option<&InstanceMetadataDefaultsResponse>) -> Acc
     };
     AccountDefaults {
         http_tokens: r.http_tokens().and_then(|t| HttpTokens::from_ec2(t.as_str())),
-        hop_limit: r.http_put_response_hop_limit().filter(|h| (1..=64).contains(h)),
+        hop_limit: r
+            .http_put_response_hop_limit()
+            .filter(|h| imds_core::options::HOP_LIMITS.contains(h)),
         http_endpoint: r.http_endpoint().and_then(|v| Toggle::from_ec2(v.as_str())),
         instance_metadata_tags: r.instance_metadata_tags().and_then(|v| Toggle::from_ec2(v.as_str())),
         managed_by: ManagedBy::from_ec2(r.managed_by().map(|m| m.as_str())),

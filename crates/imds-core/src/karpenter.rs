@@ -85,9 +85,9 @@ impl NodeClass {
             http_tokens: m
                 .http_tokens
                 .map_or(Some(HttpTokens::Required), |t| HttpTokens::from_ec2(&t)),
-            http_put_response_hop_limit: m
-                .http_put_response_hop_limit
-                .map_or(Some(1), |h| i32::try_from(h).ok().filter(|h| (1..=64).contains(h))),
+            http_put_response_hop_limit: m.http_put_response_hop_limit.map_or(Some(1), |h| {
+                i32::try_from(h).ok().filter(|h| crate::options::HOP_LIMITS.contains(h))
+            }),
             http_endpoint: toggle(m.http_endpoint, Toggle::Enabled),
             http_protocol_ipv6: toggle(m.http_protocol_ipv6, Toggle::Disabled),
             instance_metadata_tags: Some(Toggle::Disabled),

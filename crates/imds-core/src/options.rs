@@ -76,7 +76,7 @@ impl OptionValue {
             Field::HopLimit => text
                 .parse::<i32>()
                 .ok()
-                .filter(|h| (1..=64).contains(h))
+                .filter(|h| HOP_LIMITS.contains(h))
                 .map(OptionValue::HopLimit),
             Field::HttpEndpoint | Field::HttpProtocolIpv6 | Field::InstanceMetadataTags => {
                 Toggle::from_ec2(text).map(OptionValue::Toggle)
@@ -109,6 +109,10 @@ impl MetadataOptions {
         }
     }
 }
+
+/// The hop limits EC2 documents (`HttpPutResponseHopLimit`, 1–64); anything else EC2 reports
+/// is unknown, and a request never carries it.
+pub const HOP_LIMITS: std::ops::RangeInclusive<i32> = 1..=64;
 
 /// Whether the instance's last metadata change has taken effect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -240,7 +244,7 @@ impl FullOptions {
                 "httpTokens" => options.http_tokens = Some(HttpTokens::from_ec2(val)?),
                 "httpPutResponseHopLimit" => {
                     let hop: i32 = val.parse().ok()?;
-                    options.http_put_response_hop_limit = Some(hop).filter(|h| (1..=64).contains(h));
+                    options.http_put_response_hop_limit = Some(hop).filter(|h| HOP_LIMITS.contains(h));
                 }
                 "httpEndpoint" => options.http_endpoint = toggle(),
                 "httpProtocolIPv6" => options.http_protocol_ipv6 = toggle(),
