@@ -6,7 +6,8 @@
 //!
 //! - P1: convergence at EC2's Modify bucket (and without it), the peer (Cloud Custodian) beside.
 //! - P2: a quiet steady state: calls and CPU per resync (P2R with a converged fleet's records,
-//!   P2C with `--cluster-name`, P2I with instances that lack the cluster's tag, read by ID).
+//!   P2C with `--cluster-name`, P2I with instances that lack the cluster's tag, read by ID, P2F
+//!   with answers the size of EC2's).
 //! - P3: a joining node's Modify latency.
 //! - P4: memory after the initial list (and a re-list) of many Nodes.
 //! - P5: several operators sharing one account's bucket.
@@ -34,7 +35,9 @@ use std::time::Instant;
 use common::Report;
 
 /// Every figure, in the order they run.
-const FIGURES: [&str; 11] = ["P1", "PEER", "P1U", "P2", "P2R", "P2C", "P2I", "P3", "P4", "P5", "P5X"];
+const FIGURES: [&str; 12] = [
+    "P1", "PEER", "P1U", "P2", "P2R", "P2C", "P2I", "P2F", "P3", "P4", "P5", "P5X",
+];
 
 /// The figures to run: `IMDS_BENCH` (comma-separated, case-insensitive), default all.
 pub struct Selection(BTreeSet<String>);
@@ -83,6 +86,7 @@ fn main() {
             ("P2R", p2::Variant::WithRecords),
             ("P2C", p2::Variant::ClusterName),
             ("P2I", p2::Variant::Untagged),
+            ("P2F", p2::Variant::Detailed),
         ] {
             if selection.has(figure)
                 && let Err(e) = p2::run(&mut report, variant).await

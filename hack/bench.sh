@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make bench`: the benchmarks, which print figures and are not part of `make test`. Sets up what
 # the fleet benchmark needs on a fresh machine (control-plane binaries, Cloud Custodian's
-# virtualenv for the peer; both cached), then runs the planning benchmark (benches/plan.rs) and
-# the fleet benchmark (benches/fleet.rs, the release operator binary against the local control
-# plane and the EC2 double). docs/benchmarks.md explains the figures and the IMDS_BENCH* variables.
+# virtualenv for the peer; both cached), then runs the planning benchmark (benches/plan.rs), the
+# answer-reading benchmark (benches/answers.rs) and the fleet benchmark (benches/fleet.rs, the
+# release operator binary against the local control plane and the EC2 double). docs/benchmarks.md
+# explains the figures and the IMDS_BENCH* variables.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -24,6 +25,8 @@ if [ -z "${IMDS_BENCH_C7N:-}" ] && [[ "$selected" == *",PEER,"* ]]; then
 fi
 echo "==> planning benchmark"
 cargo bench --locked --bench plan
+echo "==> reading DescribeInstances answers"
+cargo bench --locked --bench answers
 echo "==> fleet benchmark"
 cargo bench --locked --bench fleet
 echo "==> benchmarks took $(( $(date +%s) - start ))s"

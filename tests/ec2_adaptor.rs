@@ -472,6 +472,34 @@ async fn denied_describe_is_permission_denied() {
     assert_eq!(api_calls(&metrics, "DescribeInstances", "UnauthorizedOperation"), 1);
 }
 
+/// Answers that carry everything EC2 says of an instance (network interfaces with their own
+/// groups and addresses, block devices, placement…) are read the same as the double's default
+/// ones: what the operator does not read is skipped, whatever it holds.
+#[tokio::test]
+async fn describe_reads_detailed_answers() {
+    let double = Ec2Double::start().await;
+    let ids: Vec<String> = (1..=3).map(instance_id).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let options = if n == 1 { LAUNCH_DEFAULTS } else { HARDENED };
+        double.add_instance(
+            id,
+            options,
+            &[("kubernetes.io/cluster/demo", "owned"), ("eks:nodegroup-name", "ng")],
+        );
+    }
+    double.terminate(&ids[2]);
+    let (ec2, _) = adaptor(double.sdk_client().await);
+    let default = ec2.describe_instances(&ids).await;
+    double.detailed_answers(true);
+    let detailed = ec2.describe_instances(&ids).await;
+    assert_eq!(detailed, default);
+    assert!(
+        matches!(detailed[&ids[0]].observation, Observation::Found(_)),
+        "{detailed:?}"
+    );
+    assert_eq!(detailed[&ids[2]].observation, Observation::NotFound, "terminated");
+}
+
 /// Describe reports the tag keys the operator reads (escaped XML and all); missing and
 /// terminated instances are `NotFound`; a modify of a missing instance is `NotFound`.
 #[tokio::test]

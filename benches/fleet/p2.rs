@@ -12,7 +12,9 @@
 //! The fleet's instances carry EKS's `kubernetes.io/cluster/<name>` tag, so the operator learns it
 //! from its first read by ID and lists the cluster's instances, 1,000 per call: bound ⌈N/1000⌉+1
 //! (the stretch). P2C gives the name (`--cluster-name`) instead; P2I leaves the tag off
-//! the instances, so every resync reads by ID: bound ⌈N/200⌉.
+//! the instances, so every resync reads by ID: bound ⌈N/200⌉. P2F is P2 with answers the size of
+//! EC2's: each instance with its network interfaces, addresses, block devices and the rest
+//! (none of it read by the operator; the double's default answers leave it out).
 
 use std::time::{Duration, Instant};
 
@@ -182,6 +184,9 @@ pub enum Variant {
     ClusterName,
     /// P2I: instances without the cluster's tag, read by ID.
     Untagged,
+    /// P2F: the defaults, with answers that carry everything EC2 says of an instance
+    /// (`Ec2Double::detailed_answers`: ~9× the bytes).
+    Detailed,
 }
 
 impl Variant {
@@ -191,6 +196,7 @@ impl Variant {
             Variant::WithRecords => "P2R",
             Variant::ClusterName => "P2C",
             Variant::Untagged => "P2I",
+            Variant::Detailed => "P2F",
         }
     }
 
@@ -212,6 +218,7 @@ pub async fn run(report: &mut Report, variant: Variant) -> Result<()> {
     let figure = variant.figure();
     let fleet = EksFleet::new("p2");
     let double = account_double(true)?;
+    double.detailed_answers(variant == Variant::Detailed);
     if variant == Variant::Untagged {
         add_untagged_instances(&double, &fleet, n);
     } else {

@@ -287,13 +287,14 @@ struct AnswerReading {
     next_token: Option<String>,
 }
 
-/// A DescribeInstances success body, with only what the operator reads.
+/// A DescribeInstances success body, with only what the operator reads. The elements it does
+/// not follow are skipped to their end tag by a byte search (`cursor`), not tokenized.
 pub fn parse(body: &[u8]) -> Result<LeanPage, AnswerError> {
-    let mut reader = Reader::from_reader(body);
+    let mut at = cursor::AnswerCursor::new(body);
     let mut answer = AnswerReading::default();
     let mut seen_root = false;
     loop {
-        match reader.read_event()? {
+        match at.reader.read_event()? {
             Event::Start(start) => {
                 let element = Element::named(start.local_name().as_ref());
                 if answer.open.is_empty() {
@@ -302,6 +303,10 @@ pub fn parse(body: &[u8]) -> Result<LeanPage, AnswerError> {
                     }
                     seen_root = true;
                 }
+                if element == Element::Other {
+                    at.skip_element(start.name())?;
+                    continue;
+                }
                 answer.start(element);
             }
             Event::Empty(empty) => {
@@ -309,10 +314,19 @@ pub fn parse(body: &[u8]) -> Result<LeanPage, AnswerError> {
                 if answer.open.is_empty() {
                     return Err(AnswerError::Shape("the root element is not DescribeInstancesResponse"));
                 }
-                answer.start(element);
+                if element != Element::Other {
+                    answer.start(element);
+                    answer.end()?;
+                }
+            }
+            Event::End(end) => {
+                // The reader's own check is off (it restarts after each skip): the end tag must
+                // close the innermost open element.
+                if answer.open.last() != Some(&Element::named(end.local_name().as_ref())) {
+                    return Err(AnswerError::Shape("an end tag that does not close the open element"));
+                }
                 answer.end()?;
             }
-            Event::End(_) => answer.end()?,
             Event::Text(text) => {
                 if answer.wants_text() {
                     answer.text.push_str(&text.xml10_content());
@@ -571,6 +585,8 @@ impl InstanceReading {
         })
     }
 }
+
+mod cursor;
 
 #[cfg(test)]
 mod tests;

@@ -80,7 +80,7 @@ async fn restore(policy: &InstanceMetadataPolicy, ctx: &Context) -> Result<usize
     let mut survey = survey(ctx, policy, &observed).await;
     write_hand_overs(ctx, &policy.name_any(), &mut survey).await;
     // A restore is not verified: it takes instances back to the options they had.
-    let state = rollout::state(policy, ctx, &observed, false).await;
+    let state = rollout::state(policy, ctx, &observed, false).await.state;
     let allowed = match state.halt {
         Some(_) => 0,
         None => {

@@ -78,10 +78,18 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
     let plans = observe::plan_reading_usage(ctx, &observed).await;
 
     // Staged rollout: halted? How many may start now?
-    let rollout = rollout::state(policy, ctx, &observed, true).await;
+    let rollout::RolloutLook {
+        state: rollout,
+        reverting,
+    } = rollout::state(policy, ctx, &observed, true).await;
     let limit = max_in_flight(&policy.spec.rollout.max_in_flight, observed.selected.len());
+    // Nothing planned (a quiet resync of a compliant fleet): nothing to count in flight, no
+    // request to send, and — unless a revert was looked at — the plans stand: planned once,
+    // not twice.
+    let wants_requests = plans.iter().any(|p| p.action.is_some());
     let allowed = match rollout.halt {
         Some(_) => 0,
+        None if !wants_requests => 0,
         None => imds_core::rollout::budget(limit, rollout::in_flight(ctx, policy, &plans).await),
     };
 
@@ -93,7 +101,11 @@ async fn reconcile_live(policy: &InstanceMetadataPolicy, ctx: &Context) -> Resul
     };
 
     // Re-plan with what EC2 answered, then report.
-    let plans = replan(ctx, &observed, &applied.failures, &progress, limit).await;
+    let plans = if wants_requests || reverting {
+        replan(ctx, &observed, &applied.failures, &progress, limit).await
+    } else {
+        plans
+    };
     let mut new_status = summarize(policy, &plans, &progress);
     new_status.launch_sources = ctx.memo.launch_sources(&name, k8s_openapi::jiff::Timestamp::now());
     new_status.account_defaults = defaults

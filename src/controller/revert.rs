@@ -22,21 +22,23 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Reverts the instances among `rejected` (refused calls since their change, by instance) that
-/// [`revert::decide`] says go back; `readiness` is the selected nodes' Ready condition.
+/// [`revert::decide`] says go back; `readiness` is the selected nodes' Ready condition. Returns
+/// whether any instance was looked at (its records and observation may have changed since the
+/// reconcile planned).
 pub async fn revert_rejecting(
     ctx: &Context,
     policy: &InstanceMetadataPolicy,
     window: Duration,
     readiness: &HashMap<String, Option<bool>>,
     rejected: &HashMap<String, f64>,
-) {
+) -> bool {
     let ids: Vec<String> = rejected
         .iter()
         .filter(|(_, c)| **c > 0.0)
         .map(|(id, _)| id.clone())
         .collect();
     if ids.is_empty() {
-        return;
+        return false;
     }
     let records = ctx.records.valid_where(&ids, |r| r.change.is_some()).await;
     for id in &ids {
@@ -57,6 +59,7 @@ pub async fn revert_rejecting(
         revert_claimed(ctx, policy, &target).await;
         ctx.cache.lock().await.release(id);
     }
+    true
 }
 
 /// One instance to look at.

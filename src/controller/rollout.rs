@@ -58,11 +58,20 @@ async fn rejected_since_change(
         .collect()
 }
 
+/// What looking at the rollout found, and did.
+pub struct RolloutLook {
+    /// The rollout's state.
+    pub state: RolloutState,
+    /// Instances were looked at for a revert (`onRejectedCalls: Revert`): their records and
+    /// observations may have changed since the reconcile planned.
+    pub reverting: bool,
+}
+
 /// The rollout's state: the halt carried over from the last status (unless a person resumed or
 /// the spec changed), or a new one when a node changed within the halt window turned NotReady,
 /// or (when `verify`) an instance moved to IMDSv2 within the verification window refused IMDSv1
 /// calls. A lifted halt forgets the accepted changes of the selected instances.
-pub async fn state(policy: &InstanceMetadataPolicy, ctx: &Context, observed: &Observed, verify: bool) -> RolloutState {
+pub async fn state(policy: &InstanceMetadataPolicy, ctx: &Context, observed: &Observed, verify: bool) -> RolloutLook {
     let generation = policy.metadata.generation.unwrap_or_default();
     let status = policy.status.clone().unwrap_or_default();
     let record = HaltRecord {
@@ -92,13 +101,14 @@ pub async fn state(policy: &InstanceMetadataPolicy, ctx: &Context, observed: &Ob
     };
     let rejected_calls = |c: &RecentChange| rejected.get(&c.instance_id).copied();
     let state = rollout::rollout_state(&record, generation, &recent, watch, is_ready, rejected_calls, Time(now));
+    let mut reverting = false;
     if state.lifted {
         forget_accepted_changes(ctx, &observed.instance_ids).await;
         tracing::info!(policy = %policy.name_any(), "rollout resumed");
     } else if let Some(window) = watch.verify.filter(|_| revert) {
-        super::revert::revert_rejecting(ctx, policy, window, &observed.readiness, &rejected).await;
+        reverting = super::revert::revert_rejecting(ctx, policy, window, &observed.readiness, &rejected).await;
     }
-    state
+    RolloutLook { state, reverting }
 }
 
 /// Every recorded change of these instances, whoever made it.

@@ -181,3 +181,78 @@ fn an_error_answer_keeps_its_code_message_and_request_id() {
         Some("unreadable EC2 error answer")
     );
 }
+
+#[test]
+fn what_unread_elements_hold_is_never_read() {
+    // Inside an element the reader does not follow: an instance ID, a tag set, metadata options,
+    // a comment naming the element's end tag, a nested element of the same name.
+    let unread = "<networkInterfaceSet><item><instanceId>i-0bogus</instanceId>\
+        <tagSet><item><key>imds-operator.io:original-options</key><value>x</value></item></tagSet>\
+        <metadataOptions><httpTokens>required</httpTokens></metadataOptions>\
+        <!-- </networkInterfaceSet> --><networkInterfaceSet a='>'><item/></networkInterfaceSet>\
+        </item></networkInterfaceSet>";
+    let body = ANSWER.replace(
+        "<networkInterfaceSet><item><privateIpAddress>10.0.0.12</privateIpAddress></item></networkInterfaceSet>",
+        unread,
+    );
+    assert_eq!(
+        parse(body.as_bytes()).expect("a well-formed answer"),
+        parse(ANSWER.as_bytes()).expect("a well-formed answer")
+    );
+}
+
+#[test]
+fn an_end_tag_must_close_the_open_element() {
+    for (from, to) in [
+        (
+            "<launchTime>2026-11-30T08:15:00.000Z</launchTime>",
+            "<launchTime>2026-11-30T08:15:00.000Z</key>",
+        ),
+        ("</tagSet>", "</tagset>"),
+        ("<imageId>ami-bff32ccc</imageId>", "<imageId>ami-bff32ccc</imageID>"),
+    ] {
+        let body = ANSWER.replace(from, to);
+        assert!(parse(body.as_bytes()).is_err(), "{to}: read as an answer");
+    }
+}
+
+mod unread_subtrees {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An element the reader does not follow, with nested elements (some of its own name,
+    /// some named like elements the reader follows), attributes whose values hold `>` and `/>`,
+    /// text, entities, comments and CDATA.
+    fn unread_element() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("text".to_string()),
+            Just("&amp;&lt;&#62;".to_string()),
+            Just("<instanceId>i-0bogus</instanceId>".to_string()),
+            Just("<tagSet><item><key>kubernetes.io/cluster/x</key><value/></item></tagSet>".to_string()),
+            Just("<metadataOptions><state>pending</state></metadataOptions>".to_string()),
+            Just("<!-- </blockDeviceMapping> -->".to_string()),
+            Just("<![CDATA[</blockDeviceMapping>]]>".to_string()),
+            Just("<blockDeviceMapping x='/>'/>".to_string()),
+            Just("<ebs a=\">\" b='1'>v</ebs>".to_string()),
+        ];
+        let tree = leaf.prop_recursive(3, 24, 4, |inner| {
+            (
+                prop_oneof![Just("blockDeviceMapping"), Just("item"), Just("ebs")],
+                prop::collection::vec(inner, 0..4),
+            )
+                .prop_map(|(name, children)| format!("<{name}>{}</{name} >", children.concat()))
+        });
+        tree.prop_map(|inside| format!("<blockDeviceMapping>{inside}</blockDeviceMapping>"))
+    }
+
+    proptest! {
+        #[test]
+        fn never_change_the_page(unread in prop::collection::vec(unread_element(), 1..4)) {
+            let body = ANSWER.replace("<launchTime>", &format!("{}<launchTime>", unread.concat()));
+            prop_assert_eq!(
+                parse(body.as_bytes()).expect("a well-formed answer"),
+                parse(ANSWER.as_bytes()).expect("a well-formed answer")
+            );
+        }
+    }
+}

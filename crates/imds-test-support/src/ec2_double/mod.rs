@@ -46,6 +46,7 @@ mod defaults;
 mod describe;
 mod error;
 mod faults;
+mod instance_detail;
 mod modify;
 mod params;
 mod rules;
@@ -255,6 +256,7 @@ impl Ec2Double {
             state: InstanceState::Running,
             unsupported: BTreeSet::new(),
             reservation_id: format!("r-{:017x}", shared.reservation_count),
+            serial: shared.reservation_count,
             launched: std::time::SystemTime::now(),
         };
         let previous = shared.instances.insert(id.to_string(), instance);

@@ -75,6 +75,8 @@ pub(super) struct Instance {
     /// Options this instance cannot take (see [`super::Ec2Double::unsupported`]).
     pub(super) unsupported: BTreeSet<Field>,
     pub(super) reservation_id: String,
+    /// The order it was added in (1, 2, …): the made-up detail of its answer derives from it.
+    pub(super) serial: u64,
     /// `LaunchTime` (when it was added, unless a test set another).
     pub(super) launched: std::time::SystemTime,
 }
@@ -114,6 +116,8 @@ pub(super) struct Shared {
     pub(super) pending_describes: u32,
     /// At most this many instances per DescribeInstances page, whatever `MaxResults` says.
     pub(super) max_page_size: Option<usize>,
+    /// DescribeInstances answers carry the rest of each instance (see `instance_detail`).
+    pub(super) detailed_answers: bool,
     /// Actions answered with `UnauthorizedOperation`.
     pub(super) denied: BTreeSet<String>,
     /// Errors to answer the next calls of an action with, in order.
