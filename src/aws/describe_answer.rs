@@ -304,7 +304,7 @@ pub fn parse(body: &[u8]) -> Result<LeanPage, AnswerError> {
                     seen_root = true;
                 }
                 if element == Element::Other {
-                    at.skip_element(start.name())?;
+                    at.skip_element(start.name(), !answer.wants_text())?;
                     continue;
                 }
                 answer.start(element);

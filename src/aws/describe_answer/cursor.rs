@@ -115,15 +115,27 @@ impl<'a> AnswerCursor<'a> {
     }
 
     /// Skips the element whose start tag was just read: to its end tag by a byte search, or —
-    /// when the search refuses the subtree — through the tokenizer.
-    pub(super) fn skip_element(&mut self, name: quick_xml::name::QName<'_>) -> Result<(), AnswerError> {
+    /// when the search refuses the subtree — through the tokenizer. With `blanks_after`, the
+    /// white space after it goes too (the caller reads no text there: it is the layout between
+    /// elements, one text event per line of an indented answer otherwise).
+    pub(super) fn skip_element(
+        &mut self,
+        name: quick_xml::name::QName<'_>,
+        blanks_after: bool,
+    ) -> Result<(), AnswerError> {
         let read = usize::try_from(self.reader.buffer_position())
             .map_err(|_| AnswerError::Shape("an answer larger than memory"))?;
         let here = self.base + read;
         let rest = self.body.get(here..).unwrap_or_default();
         match subtree_end(rest, name.as_ref().as_bytes()) {
             Some(len) => {
-                self.base = here + len;
+                let after = rest.get(len..).unwrap_or_default();
+                let blanks = if blanks_after {
+                    after.iter().take_while(|b| is_blank(**b)).count()
+                } else {
+                    0
+                };
+                self.base = here + len + blanks;
                 self.reader = Self::reader(self.body.get(self.base..).unwrap_or_default());
             }
             None => {
@@ -150,6 +162,8 @@ mod tests {
             ("16</code><name>x", "code", Some("<name>x")),
             ("</code >tail", "code", Some("tail")),
             ("<item><a>1</a></item><item/></set>rest", "set", Some("rest")),
+            ("<a>1</a><b><c/></b></set><!-- after -->", "set", Some("<!-- after -->")),
+            ("\n  <a>1</a>\n</sets></set>x", "set", Some("x")),
             // The same name nested: counted; a self-closing one does not open.
             ("<set><set/><x/></set></set>after", "set", Some("after")),
             ("<set a=\"1\"/><set b='>'/></set>z", "set", Some("z")),

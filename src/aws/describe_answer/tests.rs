@@ -256,3 +256,17 @@ mod unread_subtrees {
         }
     }
 }
+
+#[test]
+fn text_around_an_unread_element_is_kept_where_it_is_read() {
+    let body = ANSWER.replace(
+        "<key>eks:nodegroup-name</key><value>workers</value>",
+        "<key>eks:nodegroup-name</key><value>work<unread>x</unread>  ers</value>",
+    );
+    let page = parse(body.as_bytes()).expect("a well-formed answer");
+    let source = facts(&page.instances[0])
+        .launch_source
+        .clone()
+        .expect("a launch source");
+    assert_eq!(source.name, "work  ers");
+}
