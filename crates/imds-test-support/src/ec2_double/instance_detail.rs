@@ -18,6 +18,21 @@ const INTERFACES: u64 = 2;
 /// Private IPv4 addresses per interface (an m5.large takes 10).
 const ADDRESSES: u64 = 10;
 
+/// The subnet, VPC and security group of every instance and interface.
+const SUBNET_ID: &str = "subnet-0a1b2c3d4e5f60718";
+const VPC_ID: &str = "vpc-0123456789abcdef0";
+const SECURITY_GROUP: (&str, &str) = ("sg-0fedcba9876543210", "eks-cluster-sg-demo-1234567890");
+
+/// A `groupSet` of the security group, its first line indented by `indent` spaces (after the
+/// line break before it).
+fn group_set(indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let (id, name) = SECURITY_GROUP;
+    format!(
+        "{pad}<groupSet>\n{pad}    <item>\n{pad}        <groupId>{id}</groupId>\n{pad}        <groupName>{name}</groupName>\n{pad}    </item>\n{pad}</groupSet>"
+    )
+}
+
 /// Writes the detail of instance number `n` (its reservation's number) into `xml`.
 pub(super) fn write_detail(xml: &mut String, n: u64) {
     let ip = |eni: u64, k: u64| format!("10.{}.{}.{}", (n >> 8) & 0xff, n & 0xff, 1 + eni * ADDRESSES + k);
@@ -40,16 +55,11 @@ pub(super) fn write_detail(xml: &mut String, n: u64) {
             <monitoring>
                 <state>disabled</state>
             </monitoring>
-            <subnetId>subnet-0a1b2c3d4e5f60718</subnetId>
-            <vpcId>vpc-0123456789abcdef0</vpcId>
+            <subnetId>{SUBNET_ID}</subnetId>
+            <vpcId>{VPC_ID}</vpcId>
             <privateIpAddress>{primary}</privateIpAddress>
             <sourceDestCheck>true</sourceDestCheck>
-            <groupSet>
-                <item>
-                    <groupId>sg-0fedcba9876543210</groupId>
-                    <groupName>eks-cluster-sg-demo-1234567890</groupName>
-                </item>
-            </groupSet>
+{groups}
             <architecture>x86_64</architecture>
             <rootDeviceType>ebs</rootDeviceType>
             <rootDeviceName>/dev/xvda</rootDeviceName>
@@ -67,7 +77,8 @@ pub(super) fn write_detail(xml: &mut String, n: u64) {
             <virtualizationType>hvm</virtualizationType>
             <clientToken>fleet-{n:08x}-1a2b-3c4d-5e6f-7a8b9c0d1e2f</clientToken>
             <hypervisor>xen</hypervisor>
-            <networkInterfaceSet>"
+            <networkInterfaceSet>",
+        groups = group_set(12),
     );
     for eni in 0..INTERFACES {
         write_interface(xml, n, eni, &ip);
@@ -133,20 +144,15 @@ fn write_interface(xml: &mut String, n: u64, eni: u64, ip: &dyn Fn(u64, u64) -> 
         "
                 <item>
                     <networkInterfaceId>eni-{n:015x}{eni:02x}</networkInterfaceId>
-                    <subnetId>subnet-0a1b2c3d4e5f60718</subnetId>
-                    <vpcId>vpc-0123456789abcdef0</vpcId>
+                    <subnetId>{SUBNET_ID}</subnetId>
+                    <vpcId>{VPC_ID}</vpcId>
                     <description>{description}</description>
                     <ownerId>123456789012</ownerId>
                     <status>in-use</status>
                     <macAddress>02:{a:02x}:{b:02x}:{eni:02x}:5e:01</macAddress>
                     <privateIpAddress>{primary}</privateIpAddress>
                     <sourceDestCheck>true</sourceDestCheck>
-                    <groupSet>
-                        <item>
-                            <groupId>sg-0fedcba9876543210</groupId>
-                            <groupName>eks-cluster-sg-demo-1234567890</groupName>
-                        </item>
-                    </groupSet>
+{groups}
                     <attachment>
                         <attachmentId>eni-attach-{n:015x}{eni:02x}</attachmentId>
                         <deviceIndex>{eni}</deviceIndex>
@@ -157,6 +163,7 @@ fn write_interface(xml: &mut String, n: u64, eni: u64, ip: &dyn Fn(u64, u64) -> 
                     </attachment>
                     <privateIpAddressesSet>",
         description = if eni == 0 { "" } else { "aws-K8S-i-node" },
+        groups = group_set(20),
         a = (n >> 8) & 0xff,
         b = n & 0xff,
     );
